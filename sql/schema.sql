@@ -1,0 +1,27 @@
+-- pg_ha's catalog: created first by CREATE EXTENSION pg_ha (schema "ha" comes from the control file).
+
+-- Operators who may change the cluster (bootstrap, membership, policy, switchover, pause).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ha_admin') THEN
+        CREATE ROLE ha_admin NOLOGIN;
+    END IF;
+END
+$$;
+
+-- The ruleset history (protocol.md, "Where state lives"): written only by the leader, replicated to
+-- every node in the WAL. The newest row is the ruleset in force; how far a node got includes which
+-- row it holds. seq orders rows; term identifies the leadership that wrote them.
+CREATE TABLE ha.ruleset_history (
+    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    term       bigint      NOT NULL CHECK (term > 0),
+    leader     text        NOT NULL,
+    cohort     text[]      NOT NULL,   -- member node names
+    zones      text[]      NOT NULL,   -- zone of each member, same order as cohort
+    policy     text        NOT NULL,   -- 'any K' or 'zones K'
+    reason     text        NOT NULL,   -- bootstrap, failover, switchover, add_member, ...
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (cardinality(cohort) = cardinality(zones)),
+    CHECK (leader = ANY (cohort))
+);
+REVOKE ALL ON ha.ruleset_history FROM PUBLIC;

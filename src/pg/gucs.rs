@@ -1,0 +1,218 @@
+//! The `ha.*` settings (interface.md): definitions, validation hooks, and typed reads.
+//!
+//! Values are read on the worker's main thread or in a backend only (pgrx thread check); the agent's
+//! tokio tasks receive an [`AgentSettings`] copy instead.
+
+use crate::config;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub static NODE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static AGENT_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static PEERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static ZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
+pub static FAILOVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
+pub static AUTH_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// While `_PG_init` defines the settings, Postgres applies postgresql.conf values through the check
+/// hooks at WARNING level and silently keeps the default on failure. We want a hard error at start, so
+/// during definition the hooks only record problems, and `define()` raises them afterwards.
+static DEFINING: AtomicBool = AtomicBool::new(false);
+static DEFINE_ERRORS: parking_lot::Mutex<Vec<String>> = parking_lot::Mutex::new(Vec::new());
+
+/// A copy of the settings for the agent's tasks (plain data, any thread).
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    pub node_name: String,
+    pub agent_address: config::AgentAddr,
+    pub peers: Vec<config::AgentAddr>,
+    pub conninfo: String,
+    pub zone: String,
+    pub failover_timeout_ms: u64,
+    pub auth_token_file: Option<String>,
+}
+
+fn read(s: &GucSetting<Option<CString>>) -> String {
+    s.get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Current settings. Only call on the main thread. Values were validated by the hooks, so parse errors
+/// here mean a setting is missing; those are reported as `Err` with the setting named.
+pub fn agent_settings() -> Result<AgentSettings, String> {
+    let node_name = read(&NODE_NAME);
+    config::validate_node_name(&node_name).map_err(|e| format!("ha.node_name: {e}"))?;
+    let agent_address = config::parse_agent_addr(&read(&AGENT_ADDRESS))
+        .map_err(|e| format!("ha.agent_address: {e}"))?;
+    let peers = config::parse_peers(&read(&PEERS)).map_err(|e| format!("ha.peers: {e}"))?;
+    let tf = read(&AUTH_TOKEN_FILE);
+    Ok(AgentSettings {
+        node_name,
+        agent_address,
+        peers,
+        conninfo: read(&CONNINFO),
+        zone: read(&ZONE),
+        failover_timeout_ms: FAILOVER_TIMEOUT_MS.get().max(1) as u64,
+        auth_token_file: if tf.is_empty() { None } else { Some(tf) },
+    })
+}
+
+pub fn node_name() -> String {
+    read(&NODE_NAME)
+}
+
+pub fn zone() -> String {
+    read(&ZONE)
+}
+
+/// Report a check failure: during definition, remember it; afterwards, tell Postgres why.
+fn reject(setting: &str, msg: String) -> bool {
+    if DEFINING.load(Ordering::Relaxed) {
+        DEFINE_ERRORS
+            .lock()
+            .push(format!("invalid value for parameter \"{setting}\": {msg}"));
+        return true;
+    }
+    let c = CString::new(msg).unwrap_or_else(|_| c"invalid value".into());
+    // SAFETY: check hooks run on the main thread; GUC_check_errdetail_string takes a palloc'd string.
+    unsafe {
+        pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(c.as_ptr());
+    }
+    false
+}
+
+unsafe fn new_value(newval: *mut *mut c_char) -> Option<String> {
+    // SAFETY: Postgres passes a pointer to the candidate string (may be NULL).
+    unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(*newval).to_string_lossy().into_owned())
+        }
+    }
+}
+
+macro_rules! check_hook {
+    ($fn_name:ident, $setting:literal, $validate:expr) => {
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn $fn_name(
+            newval: *mut *mut c_char,
+            _extra: *mut *mut c_void,
+            _source: pg_sys::GucSource::Type,
+        ) -> bool {
+            let v = unsafe { new_value(newval) }.unwrap_or_default();
+            let f: fn(&str) -> Result<(), String> = $validate;
+            match f(&v) {
+                Ok(()) => true,
+                Err(e) => reject($setting, e),
+            }
+        }
+    };
+}
+
+check_hook!(check_node_name, "ha.node_name", |v| if v.is_empty() {
+    Ok(()) // unset is reported by the agent at start with a clear message
+} else {
+    config::validate_node_name(v)
+});
+check_hook!(
+    check_agent_address,
+    "ha.agent_address",
+    |v| if v.is_empty() {
+        Ok(())
+    } else {
+        config::parse_agent_addr(v).map(|_| ())
+    }
+);
+check_hook!(check_peers, "ha.peers", |v| config::parse_peers(v)
+    .map(|_| ()));
+check_hook!(check_zone, "ha.zone", config::validate_zone);
+
+/// Define every `ha.*` setting. Called once from `_PG_init`.
+pub fn define() {
+    DEFINING.store(true, Ordering::Relaxed);
+    // SAFETY: hooks are #[pg_guard]ed and only touch Postgres from the calling (main) thread.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.node_name",
+            c"Unique name of this pg_ha node.",
+            c"Also its application_name when it streams WAL.",
+            &NODE_NAME,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_node_name),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.agent_address",
+            c"host:port the pg_ha agent listens on and advertises to its peers.",
+            c"",
+            &AGENT_ADDRESS,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_agent_address),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.peers",
+            c"Comma-separated agent addresses used to find the cluster.",
+            c"May include this node's own address.",
+            &PEERS,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_peers),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.zone",
+            c"Zone (cell) label of this node, used by zone policies.",
+            c"",
+            &ZONE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_zone),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_string_guc(
+        c"ha.conninfo",
+        c"libpq connection string peers use to reach this node's Postgres.",
+        c"Used for streaming replication and pg_rewind.",
+        &CONNINFO,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ha.failover_timeout",
+        c"How long the leader may be unreachable before coordinators race for a new term.",
+        c"",
+        &FAILOVER_TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"ha.auth_token_file",
+        c"File holding the shared secret every agent RPC must carry.",
+        c"",
+        &AUTH_TOKEN_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    // SAFETY: main thread, during _PG_init.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"ha".as_ptr()) };
+    DEFINING.store(false, Ordering::Relaxed);
+    let errors = std::mem::take(&mut *DEFINE_ERRORS.lock());
+    if !errors.is_empty() {
+        pgrx::error!("pg_ha: {}", errors.join("; "));
+    }
+}

@@ -1,0 +1,58 @@
+//! This node's own WAL state, read straight from Postgres (recovery state, timeline, flush and replay
+//! positions, system identifier). Main thread / backend only.
+
+use pgrx::pg_sys;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalState {
+    pub in_recovery: bool,
+    pub timeline: u32,
+    /// Primary: WAL flushed locally. Standby: the larger of WAL received-and-flushed and WAL replayed.
+    pub flush_lsn: u64,
+    /// Standby: WAL replayed. Primary: same as flush (everything it wrote is applied).
+    pub replay_lsn: u64,
+    pub system_identifier: u64,
+}
+
+pub fn wal_state() -> WalState {
+    // SAFETY: plain reads of Postgres' WAL bookkeeping, on the thread that runs Postgres code.
+    unsafe {
+        let system_identifier = pg_sys::GetSystemIdentifier();
+        if pg_sys::RecoveryInProgress() {
+            let mut replay_tli: pg_sys::TimeLineID = 0;
+            let replay = pg_sys::GetXLogReplayRecPtr(&mut replay_tli);
+            let mut recv_tli: pg_sys::TimeLineID = 0;
+            let recv = pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), &mut recv_tli);
+            WalState {
+                in_recovery: true,
+                timeline: replay_tli.max(if recv > replay { recv_tli } else { 0 }),
+                flush_lsn: recv.max(replay),
+                replay_lsn: replay,
+                system_identifier,
+            }
+        } else {
+            let mut tli: pg_sys::TimeLineID = 0;
+            let flush = pg_sys::GetFlushRecPtr(&mut tli);
+            WalState {
+                in_recovery: false,
+                timeline: tli,
+                flush_lsn: flush,
+                replay_lsn: flush,
+                system_identifier,
+            }
+        }
+    }
+}
+
+/// Postgres' `X/Y` text form of an LSN.
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Microseconds since the Unix epoch, from the system clock (observability only, never decisions).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,360 @@
+//! The agent's main thread: the background worker entry point. It owns everything that touches
+//! Postgres (signals, GUCs, SPI, shared memory, logging), runs the tokio side (`crate::agent`) on a
+//! runtime whose threads never see a signal, and talks to it through a snapshot and an event channel.
+
+use super::{catalog, gucs, local, shmem};
+use crate::agent::{self, Event, NodeSnapshot, Shared};
+use crate::config::AgentAddr;
+use crate::proto::StatusReply;
+use parking_lot::RwLock;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Main-loop period: how quickly events from the tokio side are handled.
+const TICK: Duration = Duration::from_millis(50);
+/// How often the catalog (ruleset) is re-read through SPI.
+const CATALOG_EVERY: Duration = Duration::from_millis(500);
+
+/// Register the agent with the postmaster (from `_PG_init`, under shared_preload_libraries).
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_ha agent")
+        .set_type("pg_ha agent")
+        .set_function("pg_ha_agent_main")
+        .set_library("pg_ha")
+        .enable_spi_access()
+        // After enable_spi_access (which forces RecoveryFinished): the agent must run on standbys too.
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(Duration::from_secs(2)))
+        .load();
+}
+
+fn poll_interval(failover_timeout_ms: u64) -> Duration {
+    Duration::from_millis((failover_timeout_ms / 4).clamp(100, 1000))
+}
+
+fn load_token(settings: &gucs::AgentSettings) -> Option<String> {
+    match &settings.auth_token_file {
+        None => {
+            warning!("pg_ha: ha.auth_token_file is not set: every agent RPC will be refused and peers will not be polled");
+            None
+        }
+        Some(path) => match agent::auth::read_token_file(std::path::Path::new(path)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warning!("pg_ha: ha.auth_token_file: {e}; every agent RPC will be refused");
+                None
+            }
+        },
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
+
+    let settings = match gucs::agent_settings() {
+        Ok(s) => s,
+        Err(e) => {
+            // Not restartable into something better: say so clearly and wait for a reload or shutdown.
+            warning!("pg_ha: agent cannot start: {e}");
+            while BackgroundWorker::wait_latch(Some(Duration::from_secs(5))) {
+                if BackgroundWorker::sighup_received() {
+                    // SAFETY: main thread.
+                    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+                    if gucs::agent_settings().is_ok() {
+                        log!("pg_ha: settings fixed; restarting the agent");
+                        // Exit non-zero so the postmaster restarts us with the new settings.
+                        unsafe { pg_sys::proc_exit(1) };
+                    }
+                }
+            }
+            return;
+        }
+    };
+    log!(
+        "pg_ha: agent starting: node {} zone {} listening on {}, peers [{}], failover_timeout {} ms",
+        settings.node_name,
+        settings.zone,
+        settings.agent_address,
+        settings
+            .peers
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.failover_timeout_ms
+    );
+
+    let shared = Arc::new(Shared {
+        snapshot: RwLock::new(NodeSnapshot::default()),
+        token: RwLock::new(load_token(&settings)),
+        peers: RwLock::new(settings.peers.clone()),
+        own_address: settings.agent_address.clone(),
+        poll_interval: RwLock::new(poll_interval(settings.failover_timeout_ms)),
+    });
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Event>();
+    let rt = match agent::runtime::build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            pgrx::error!("pg_ha: cannot start the agent's runtime: {e}");
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    agent::runtime::spawn_supervised(
+        &rt,
+        "server",
+        ev_tx.clone(),
+        agent::server::serve(shared.clone(), ev_tx.clone(), stop_rx.clone()),
+    );
+    agent::runtime::spawn_supervised(
+        &rt,
+        "poller",
+        ev_tx.clone(),
+        agent::poller::run(
+            shared.clone(),
+            ev_tx.clone(),
+            settings.node_name.clone(),
+            stop_rx.clone(),
+        ),
+    );
+
+    let mut state = MainLoop {
+        settings,
+        shared,
+        ruleset: None,
+        catalog_read_at: None,
+        peer_state: HashMap::new(),
+        auth_log: HashMap::new(),
+    };
+    {
+        let mut t = shmem::PEERS.exclusive();
+        *t = shmem::PeerTable::default();
+        t.agent_pid = std::process::id() as i32;
+    }
+
+    let mut exit_code = 0;
+    while BackgroundWorker::wait_latch(Some(TICK)) {
+        if BackgroundWorker::sighup_received() {
+            state.reload();
+        }
+        state.refresh_self();
+        if let Err(fatal) = state.drain(&ev_rx) {
+            pgrx::log!("pg_ha: agent stopping after a fatal error: {fatal}");
+            exit_code = 1;
+            break;
+        }
+        shmem::PEERS.exclusive().agent_heartbeat_us = local::now_us();
+    }
+    let _ = stop_tx.send(true);
+    agent::runtime::shutdown(rt);
+    shmem::PEERS.exclusive().agent_heartbeat_us = 0;
+    log!("pg_ha: agent stopped");
+    if exit_code != 0 {
+        // SAFETY: main thread; a non-zero exit makes the postmaster restart the worker after its
+        // restart time.
+        unsafe { pg_sys::proc_exit(exit_code) };
+    }
+}
+
+struct MainLoop {
+    settings: gucs::AgentSettings,
+    shared: Arc<Shared>,
+    ruleset: Option<catalog::RulesetRow>,
+    catalog_read_at: Option<Instant>,
+    /// Per peer address: reachable or not at the last report (to log only transitions).
+    peer_state: HashMap<AgentAddr, bool>,
+    /// Per remote: when a rejection was last logged, and how many were suppressed since.
+    auth_log: HashMap<String, (Instant, u64)>,
+}
+
+impl MainLoop {
+    fn reload(&mut self) {
+        // SAFETY: main thread.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        match gucs::agent_settings() {
+            Ok(s) => {
+                if s.peers != self.settings.peers {
+                    log!(
+                        "pg_ha: ha.peers changed to [{}]",
+                        s.peers
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    // Forget what we knew about addresses no longer listed.
+                    let mut t = shmem::PEERS.exclusive();
+                    for slot in t.slots.iter_mut() {
+                        if slot.used && !s.peers.iter().any(|p| p.to_string() == slot.address.get())
+                        {
+                            *slot = shmem::PeerSlot::default();
+                        }
+                    }
+                    self.peer_state.retain(|a, _| s.peers.contains(a));
+                }
+                *self.shared.peers.write() = s.peers.clone();
+                *self.shared.poll_interval.write() = poll_interval(s.failover_timeout_ms);
+                *self.shared.token.write() = load_token(&s);
+                self.settings = s;
+                log!("pg_ha: configuration reloaded");
+            }
+            Err(e) => warning!("pg_ha: configuration reload ignored: {e}"),
+        }
+    }
+
+    /// Publish this node's own state for the `Status` RPC.
+    fn refresh_self(&mut self) {
+        let due = self
+            .catalog_read_at
+            .is_none_or(|t| t.elapsed() >= CATALOG_EVERY);
+        if due {
+            self.ruleset = BackgroundWorker::transaction(catalog::newest_ruleset);
+            self.catalog_read_at = Some(Instant::now());
+        }
+        let wal = local::wal_state();
+        let member = self
+            .ruleset
+            .as_ref()
+            .is_some_and(|r| r.cohort.contains(&self.settings.node_name));
+        let role = if !wal.in_recovery {
+            "leader"
+        } else if member {
+            "follower"
+        } else {
+            "observer"
+        };
+        let reply = StatusReply {
+            node_name: self.settings.node_name.clone(),
+            role: role.into(),
+            term: self.ruleset.as_ref().map_or(0, |r| r.term.max(0) as u64),
+            timeline: wal.timeline,
+            flush_lsn: wal.flush_lsn,
+            replay_lsn: wal.replay_lsn,
+            zone: self.settings.zone.clone(),
+            member,
+            in_recovery: wal.in_recovery,
+            agent_address: self.settings.agent_address.to_string(),
+            conninfo: self.settings.conninfo.clone(),
+            system_identifier: wal.system_identifier,
+            leader: self
+                .ruleset
+                .as_ref()
+                .map(|r| r.leader.clone())
+                .unwrap_or_default(),
+        };
+        *self.shared.snapshot.write() = NodeSnapshot { reply, ready: true };
+    }
+
+    fn drain(&mut self, rx: &Receiver<Event>) -> Result<(), String> {
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                Event::Listening(addr) => log!("pg_ha: agent listening on {addr}"),
+                Event::Fatal(msg) => return Err(msg),
+                Event::AuthRejected {
+                    remote,
+                    rpc,
+                    reason,
+                } => self.log_rejection(remote, rpc, reason),
+                Event::PeerAnswered { addr, reply } => {
+                    let own = self.shared.snapshot.read().reply.system_identifier;
+                    if reply.system_identifier != own {
+                        self.peer_failed(
+                            addr,
+                            format!(
+                                "belongs to another cluster (system identifier {} is not ours, {})",
+                                reply.system_identifier, own
+                            ),
+                        );
+                    } else {
+                        self.peer_answered(addr, reply);
+                    }
+                }
+                Event::PeerFailed { addr, error } => self.peer_failed(addr, error),
+            }
+        }
+        Ok(())
+    }
+
+    fn log_rejection(&mut self, remote: String, rpc: &str, reason: &str) {
+        let now = Instant::now();
+        let entry = self.auth_log.entry(remote.clone()).or_insert((now, 0));
+        if entry.1 == 0 || now.duration_since(entry.0) >= Duration::from_secs(60) {
+            let suppressed = if entry.1 > 1 {
+                format!(" ({} more since the last report)", entry.1 - 1)
+            } else {
+                String::new()
+            };
+            log!("pg_ha: rejected {rpc} RPC from {remote}: {reason}{suppressed}");
+            *entry = (now, 1);
+        } else {
+            entry.1 += 1;
+        }
+    }
+
+    fn peer_answered(&mut self, addr: AgentAddr, r: StatusReply) {
+        if self.peer_state.insert(addr.clone(), true) != Some(true) {
+            log!(
+                "pg_ha: peer {} at {} is reachable: {} (term {}, timeline {}, flush {})",
+                r.node_name,
+                addr,
+                r.role,
+                r.term,
+                r.timeline,
+                local::lsn_text(r.flush_lsn)
+            );
+        }
+        let mut t = shmem::PEERS.exclusive();
+        let Some(slot) = slot_for(&mut t, &addr) else {
+            return;
+        };
+        slot.reachable = true;
+        slot.ever_seen = true;
+        slot.member = r.member;
+        slot.in_recovery = r.in_recovery;
+        slot.node_name.set(&r.node_name);
+        slot.role.set(&r.role);
+        slot.zone.set(&r.zone);
+        slot.leader.set(&r.leader);
+        slot.last_error.set("");
+        slot.term = r.term;
+        slot.timeline = r.timeline;
+        slot.flush_lsn = r.flush_lsn;
+        slot.replay_lsn = r.replay_lsn;
+        slot.last_seen_us = local::now_us();
+    }
+
+    fn peer_failed(&mut self, addr: AgentAddr, error: String) {
+        if self.peer_state.insert(addr.clone(), false) != Some(false) {
+            log!("pg_ha: peer at {addr} is unreachable: {error}");
+        }
+        let mut t = shmem::PEERS.exclusive();
+        if let Some(slot) = slot_for(&mut t, &addr) {
+            slot.reachable = false;
+            slot.last_error.set(&error);
+        }
+    }
+}
+
+fn slot_for<'a>(t: &'a mut shmem::PeerTable, addr: &AgentAddr) -> Option<&'a mut shmem::PeerSlot> {
+    let key = addr.to_string();
+    let idx = t
+        .slots
+        .iter()
+        .position(|s| s.used && s.address.get() == key)
+        .or_else(|| t.slots.iter().position(|s| !s.used))?;
+    let slot = &mut t.slots[idx];
+    if !slot.used {
+        *slot = shmem::PeerSlot::default();
+        slot.used = true;
+        slot.address.set(&key);
+    }
+    Some(slot)
+}
