@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 /// The agent's heartbeat must be this fresh for this node's own row to say healthy.
 const AGENT_STALE_US: i64 = 2_000_000;
 
+#[allow(clippy::type_complexity)] // the tuple is the view's column list
 #[pg_extern(volatile, parallel_unsafe)]
 fn status_rows() -> TableIterator<
     'static,

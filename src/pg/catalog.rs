@@ -14,10 +14,17 @@ pub struct RulesetRow {
 
 /// Whether `CREATE EXTENSION pg_ha` has run in this database.
 pub fn extension_installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_ha')")
-        .ok()
-        .flatten()
+    select_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_ha')")
         .unwrap_or(false)
+}
+
+/// One value from a read-only query. Unlike `Spi::get_one` (which marks the transaction as writing
+/// and so asks for a transaction id), this works on a standby.
+pub fn select_one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    Spi::connect(|client| {
+        let rows = client.select(sql, Some(1), &[]).ok()?;
+        rows.first().get_one::<T>().ok().flatten()
+    })
 }
 
 pub fn newest_ruleset() -> Option<RulesetRow> {

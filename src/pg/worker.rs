@@ -140,7 +140,9 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         t.agent_pid = std::process::id() as i32;
     }
 
-    let mut exit_code = 0;
+    // Exit code 1 even on SIGTERM: a worker that exits 0 is never restarted, and an agent stopped by
+    // pg_terminate_backend must come back. At shutdown the postmaster restarts nothing anyway.
+    let exit_code = 1;
     while BackgroundWorker::wait_latch(Some(TICK)) {
         if BackgroundWorker::sighup_received() {
             state.reload();
@@ -148,7 +150,6 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         state.refresh_self();
         if let Err(fatal) = state.drain(&ev_rx) {
             pgrx::log!("pg_ha: agent stopping after a fatal error: {fatal}");
-            exit_code = 1;
             break;
         }
         shmem::PEERS.exclusive().agent_heartbeat_us = local::now_us();
@@ -157,11 +158,9 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
     agent::runtime::shutdown(rt);
     shmem::PEERS.exclusive().agent_heartbeat_us = 0;
     log!("pg_ha: agent stopped");
-    if exit_code != 0 {
-        // SAFETY: main thread; a non-zero exit makes the postmaster restart the worker after its
-        // restart time.
-        unsafe { pg_sys::proc_exit(exit_code) };
-    }
+    // SAFETY: main thread; a non-zero exit makes the postmaster restart the worker after its restart
+    // time.
+    unsafe { pg_sys::proc_exit(exit_code) };
 }
 
 struct MainLoop {
