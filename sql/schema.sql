@@ -10,10 +10,11 @@ END
 $$;
 
 -- The ruleset history (protocol.md, "Where state lives"): written only by the leader, replicated to
--- every node in the WAL. The newest row is the ruleset in force; how far a node got includes which
--- row it holds. seq orders rows; term identifies the leadership that wrote them.
+-- every node in the WAL. The newest row is the ruleset in force once it is durable under the row
+-- before it (I5); how far a node got includes which row it holds. version orders rows (one more per
+-- row); term is the leadership that wrote the row.
 CREATE TABLE ha.ruleset_history (
-    seq        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    version    bigint      PRIMARY KEY CHECK (version > 0),
     term       bigint      NOT NULL CHECK (term > 0),
     leader     text        NOT NULL,
     cohort     text[]      NOT NULL,   -- member node names

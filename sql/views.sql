@@ -26,10 +26,13 @@ ORDER BY s.node_name;
 CREATE VIEW ha.history AS
 SELECT term, leader, cohort, policy, reason, created_at
 FROM ha.ruleset_history
-ORDER BY seq;
+ORDER BY version;
 
 REVOKE ALL ON FUNCTION ha.status_rows() FROM PUBLIC;
 GRANT USAGE ON SCHEMA ha TO pg_monitor, ha_admin;
 GRANT EXECUTE ON FUNCTION ha.status_rows() TO pg_monitor, ha_admin;
 GRANT SELECT ON ha.status, ha.history TO pg_monitor, ha_admin;
 GRANT SELECT ON ha.ruleset_history TO pg_monitor, ha_admin;
+
+REVOKE ALL ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text) TO ha_admin;

@@ -33,6 +33,9 @@ pub extern "C-unwind" fn _PG_init() {
         return;
     }
     pg::shmem::init();
+    pg::gate_shmem::init();
+    pg::request::init();
+    pg::hooks::install();
     pg::worker::register();
 }
 

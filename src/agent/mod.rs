@@ -3,6 +3,7 @@
 //! thread publishes and reports [`Event`]s back to the main thread through a channel.
 
 pub mod auth;
+pub mod pledge_file;
 pub mod poller;
 pub mod runtime;
 pub mod server;

@@ -1,4 +1,5 @@
 //! The SQL surface (schema `ha`): thin `#[pg_extern]` functions that read shared memory or the catalog
 //! and map errors to clear messages.
 
+pub mod cluster;
 pub mod status;

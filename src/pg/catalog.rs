@@ -1,15 +1,51 @@
-//! Reads of pg_ha's own catalog (schema `ha`) through SPI: the newest ruleset row this node holds.
+//! Reads and writes of pg_ha's own catalog (schema `ha`) through SPI: the ruleset rows this node holds.
 //! Callers run inside a transaction (a backend's, or `BackgroundWorker::transaction` in the agent).
 
+use pg_ha_core::{NodeId, Policy, Ruleset, Term, Zone};
 use pgrx::prelude::*;
+use std::collections::BTreeMap;
 
-/// The newest ruleset row in this node's copy of `ha.ruleset_history` (it travels in the WAL).
+/// A ruleset row as stored (`ha.ruleset_history`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RulesetRow {
+    pub version: i64,
     pub term: i64,
     pub leader: String,
     pub cohort: Vec<String>,
+    pub zones: Vec<String>,
     pub policy: String,
+}
+
+impl RulesetRow {
+    /// The core's form; `None` if the row is malformed (it was validated when written).
+    pub fn to_core(&self) -> Option<Ruleset> {
+        let policy: Policy = self.policy.parse().ok()?;
+        let cohort: BTreeMap<NodeId, Zone> = self
+            .cohort
+            .iter()
+            .zip(self.zones.iter())
+            .map(|(n, z)| (NodeId::new(n.clone()), Zone::new(z.clone())))
+            .collect();
+        Ruleset::new(
+            Term(self.term.max(0) as u64),
+            self.version.max(0) as u64,
+            NodeId::new(self.leader.clone()),
+            cohort,
+            policy,
+        )
+        .ok()
+    }
+
+    pub fn from_core(r: &Ruleset) -> RulesetRow {
+        RulesetRow {
+            version: r.version as i64,
+            term: r.term.0 as i64,
+            leader: r.leader.as_str().to_string(),
+            cohort: r.cohort.keys().map(|n| n.as_str().to_string()).collect(),
+            zones: r.cohort.values().map(|z| z.0.clone()).collect(),
+            policy: r.policy.to_string(),
+        }
+    }
 }
 
 /// Whether `CREATE EXTENSION pg_ha` has run in this database.
@@ -27,24 +63,82 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
     })
 }
 
-pub fn newest_ruleset() -> Option<RulesetRow> {
+/// The newest `limit` rows, newest first.
+pub fn newest_rows(limit: i64) -> Vec<RulesetRow> {
     if !extension_installed() {
-        return None;
+        return Vec::new();
     }
     Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT term, leader, cohort, policy FROM ha.ruleset_history ORDER BY seq DESC LIMIT 1",
-                None,
-                &[],
-            )
-            .ok()?;
-        let row = rows.into_iter().next()?;
-        Some(RulesetRow {
-            term: row.get::<i64>(1).ok()??,
-            leader: row.get::<String>(2).ok()??,
-            cohort: row.get::<Vec<String>>(3).ok()??,
-            policy: row.get::<String>(4).ok()??,
-        })
+        let Ok(rows) = client.select(
+            &format!(
+                "SELECT version, term, leader, cohort, zones, policy FROM ha.ruleset_history
+                 ORDER BY version DESC LIMIT {limit}"
+            ),
+            None,
+            &[],
+        ) else {
+            return Vec::new();
+        };
+        rows.into_iter()
+            .filter_map(|row| {
+                Some(RulesetRow {
+                    version: row.get::<i64>(1).ok()??,
+                    term: row.get::<i64>(2).ok()??,
+                    leader: row.get::<String>(3).ok()??,
+                    cohort: row.get::<Vec<String>>(4).ok()??,
+                    zones: row.get::<Vec<String>>(5).ok()??,
+                    policy: row.get::<String>(6).ok()??,
+                })
+            })
+            .collect()
     })
+}
+
+/// The newest ruleset row this node holds.
+pub fn newest_ruleset() -> Option<RulesetRow> {
+    newest_rows(1).into_iter().next()
+}
+
+/// Insert a ruleset row in the current transaction (the agent's, with synchronous_commit = local: the
+/// agent itself waits for the row's durability under the previous rules).
+pub fn insert_row(row: &RulesetRow, reason: &str) -> Result<(), pgrx::spi::SpiError> {
+    Spi::connect_mut(|client| {
+        client.update("SET LOCAL synchronous_commit = local", None, &[])?;
+        client.update(
+            "INSERT INTO ha.ruleset_history (version, term, leader, cohort, zones, policy, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            None,
+            &[
+                row.version.into(),
+                row.term.into(),
+                row.leader.clone().into(),
+                row.cohort.clone().into(),
+                row.zones.clone().into(),
+                row.policy.clone().into(),
+                reason.into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+/// (walsender pid, application_name) of every walsender (for naming flush positions).
+pub fn walsenders() -> Vec<(i32, String)> {
+    Spi::connect(|client| {
+        let Ok(rows) = client.select(
+            "SELECT pid, application_name FROM pg_stat_replication WHERE pid IS NOT NULL",
+            None,
+            &[],
+        ) else {
+            return Vec::new();
+        };
+        rows.into_iter()
+            .filter_map(|r| Some((r.get::<i32>(1).ok()??, r.get::<String>(2).ok()??)))
+            .collect()
+    })
+}
+
+/// Current value of a setting.
+pub fn show(name: &str) -> Option<String> {
+    select_one::<String>(&format!("SELECT current_setting('{name}', true)"))
 }

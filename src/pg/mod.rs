@@ -1,8 +1,15 @@
 //! The thin Postgres layer: the only code that touches `pg_sys`, SPI, GUCs and shared memory.
 //! Everything here runs on the thread that runs Postgres (a backend, or the agent's main thread).
 
+pub mod alter_system;
 pub mod catalog;
+pub mod commit_gate;
+pub mod gate_shmem;
 pub mod gucs;
+pub mod hooks;
 pub mod local;
+pub mod request;
 pub mod shmem;
+pub mod steward;
+pub mod walsnd;
 pub mod worker;

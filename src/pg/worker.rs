@@ -2,7 +2,7 @@
 //! Postgres (signals, GUCs, SPI, shared memory, logging), runs the tokio side (`crate::agent`) on a
 //! runtime whose threads never see a signal, and talks to it through a snapshot and an event channel.
 
-use super::{catalog, gucs, local, shmem};
+use super::{catalog, gate_shmem, gucs, hooks, local, shmem, steward::Steward};
 use crate::agent::{self, Event, NodeSnapshot, Shared};
 use crate::config::AgentAddr;
 use crate::proto::StatusReply;
@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 /// Main-loop period: how quickly events from the tokio side are handled.
 const TICK: Duration = Duration::from_millis(50);
-/// How often the catalog (ruleset) is re-read through SPI.
-const CATALOG_EVERY: Duration = Duration::from_millis(500);
 
 /// Register the agent with the postmaster (from `_PG_init`, under shared_preload_libraries).
 pub fn register() {
@@ -59,6 +57,7 @@ fn load_token(settings: &gucs::AgentSettings) -> Option<String> {
 pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
+    hooks::IS_AGENT.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let settings = match gucs::agent_settings() {
         Ok(s) => s,
@@ -126,11 +125,16 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         ),
     );
 
+    let steward = Steward::new(&settings.node_name, &settings.zone);
+    gate_shmem::AGENT_PID.get().store(
+        std::process::id() as i32,
+        std::sync::atomic::Ordering::Release,
+    );
     let mut state = MainLoop {
         settings,
         shared,
-        ruleset: None,
-        catalog_read_at: None,
+        steward,
+        rows: Vec::new(),
         peer_state: HashMap::new(),
         auth_log: HashMap::new(),
     };
@@ -152,8 +156,14 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
             pgrx::log!("pg_ha: agent stopping after a fatal error: {fatal}");
             break;
         }
+        state.steward.tick(&state.rows);
+        let peers = shmem::PEERS.share().slots;
+        state.steward.handle_request(&peers);
         shmem::PEERS.exclusive().agent_heartbeat_us = local::now_us();
     }
+    gate_shmem::AGENT_PID
+        .get()
+        .store(0, std::sync::atomic::Ordering::Release);
     let _ = stop_tx.send(true);
     agent::runtime::shutdown(rt);
     shmem::PEERS.exclusive().agent_heartbeat_us = 0;
@@ -166,8 +176,9 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
 struct MainLoop {
     settings: gucs::AgentSettings,
     shared: Arc<Shared>,
-    ruleset: Option<catalog::RulesetRow>,
-    catalog_read_at: Option<Instant>,
+    steward: Steward,
+    /// The newest two ruleset rows, newest first (re-read every pass).
+    rows: Vec<catalog::RulesetRow>,
     /// Per peer address: reachable or not at the last report (to log only transitions).
     peer_state: HashMap<AgentAddr, bool>,
     /// Per remote: when a rejection was last logged, and how many were suppressed since.
@@ -211,18 +222,10 @@ impl MainLoop {
 
     /// Publish this node's own state for the `Status` RPC.
     fn refresh_self(&mut self) {
-        let due = self
-            .catalog_read_at
-            .is_none_or(|t| t.elapsed() >= CATALOG_EVERY);
-        if due {
-            self.ruleset = BackgroundWorker::transaction(catalog::newest_ruleset);
-            self.catalog_read_at = Some(Instant::now());
-        }
+        self.rows = BackgroundWorker::transaction(|| catalog::newest_rows(2));
+        let newest = self.rows.first();
         let wal = local::wal_state();
-        let member = self
-            .ruleset
-            .as_ref()
-            .is_some_and(|r| r.cohort.contains(&self.settings.node_name));
+        let member = newest.is_some_and(|r| r.cohort.contains(&self.settings.node_name));
         let role = if !wal.in_recovery {
             "leader"
         } else if member {
@@ -230,10 +233,11 @@ impl MainLoop {
         } else {
             "observer"
         };
+        let ruleset_term = newest.map_or(0, |r| r.term.max(0) as u64);
         let reply = StatusReply {
             node_name: self.settings.node_name.clone(),
             role: role.into(),
-            term: self.ruleset.as_ref().map_or(0, |r| r.term.max(0) as u64),
+            term: ruleset_term.max(self.steward.pledge.term.0),
             timeline: wal.timeline,
             flush_lsn: wal.flush_lsn,
             replay_lsn: wal.replay_lsn,
@@ -243,11 +247,9 @@ impl MainLoop {
             agent_address: self.settings.agent_address.to_string(),
             conninfo: self.settings.conninfo.clone(),
             system_identifier: wal.system_identifier,
-            leader: self
-                .ruleset
-                .as_ref()
-                .map(|r| r.leader.clone())
-                .unwrap_or_default(),
+            leader: newest.map(|r| r.leader.clone()).unwrap_or_default(),
+            pledged_term: self.steward.pledge.term.0,
+            ruleset_version: newest.map_or(0, |r| r.version.max(0) as u64),
         };
         *self.shared.snapshot.write() = NodeSnapshot { reply, ready: true };
     }
@@ -299,6 +301,9 @@ impl MainLoop {
     }
 
     fn peer_answered(&mut self, addr: AgentAddr, r: StatusReply) {
+        self.steward
+            .peer_terms
+            .insert(r.node_name.clone(), r.pledged_term);
         if self.peer_state.insert(addr.clone(), true) != Some(true) {
             log!(
                 "pg_ha: peer {} at {} is reachable: {} (term {}, timeline {}, flush {})",
@@ -331,6 +336,16 @@ impl MainLoop {
     }
 
     fn peer_failed(&mut self, addr: AgentAddr, error: String) {
+        // A peer that does not answer confirms nothing about terms.
+        let name = shmem::PEERS
+            .share()
+            .slots
+            .iter()
+            .find(|s| s.used && s.address.get() == addr.to_string())
+            .map(|s| s.node_name.get());
+        if let Some(n) = name {
+            self.steward.peer_terms.remove(&n);
+        }
         if self.peer_state.insert(addr.clone(), false) != Some(false) {
             log!("pg_ha: peer at {addr} is unreachable: {error}");
         }

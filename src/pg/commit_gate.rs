@@ -1,0 +1,108 @@
+//! The commit gate (protocol.md, I3 and "Postgres traps"): a commit is acknowledged to its client only
+//! when the nodes that flushed it satisfy the commit rules in force, and never because a wait was
+//! cancelled.
+//!
+//! How: Postgres' own synchronous replication (`synchronous_standby_names`, kept by the agent in step
+//! with the ruleset) does the efficient blocking inside `RecordTransactionCommit`. Then, in the
+//! XACT_EVENT_COMMIT callback (after the commit is durable locally, before the client is sent
+//! CommandComplete, with interrupts held), this module checks the commit's LSN against the standbys'
+//! flush positions with the core's `CommitRules::commit_gate_lsn`. Normally that already holds and costs
+//! a few microseconds. When it does not (the sync-rep wait was cancelled, `zones K` that `ANY K` cannot
+//! express, a ruleset change in flight), the backend keeps waiting here: a cancel is swallowed; a
+//! termination, a deposed leader or postmaster death ends the backend without sending the client
+//! anything (unknown outcome, never a false success).
+
+use super::{gate_shmem, walsnd};
+use pg_ha_core::{CommitRules, Lsn};
+use pgrx::pg_sys;
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+
+/// How long one wait-latch sleep lasts while a commit waits here (the slow path only).
+const POLL_MS: i64 = 1;
+
+thread_local! {
+    /// The last commit LSN this backend gated: a transaction that wrote no commit record leaves
+    /// XactLastCommitEnd unchanged and needs no gate.
+    static LAST_GATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Decoded commit rules, keyed by the shared generation counter.
+    static RULES: RefCell<(u64, Option<CommitRules>)> = const { RefCell::new((0, None)) };
+    static NAMES: RefCell<(u64, Vec<(i32, String)>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+fn rules() -> Option<CommitRules> {
+    let gen = gate_shmem::RULES_GEN.get().load(Ordering::Acquire);
+    RULES.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != gen {
+            *c = (gen, gate_shmem::read_rules());
+        }
+        c.1.clone()
+    })
+}
+
+fn names() -> Vec<(i32, String)> {
+    let gen = gate_shmem::WALSND_GEN.get().load(Ordering::Acquire);
+    NAMES.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != gen {
+            *c = (gen, gate_shmem::read_walsenders());
+        }
+        c.1.clone()
+    })
+}
+
+/// Is `lsn` durable under the rules in force? `None` rules (no cluster bootstrapped yet): nothing to
+/// wait for, the fence decides whether writes happen at all.
+fn durable(lsn: u64) -> bool {
+    let Some(rules) = rules() else { return true };
+    let standbys = walsnd::standby_flush_positions(&names());
+    // The leader's own flush: the commit record is flushed before this callback runs.
+    rules.commit_gate_lsn(Lsn(lsn), &standbys) >= Lsn(lsn)
+}
+
+/// Called at XACT_EVENT_COMMIT for client backends. Must not raise an ERROR (the transaction is already
+/// committed: an ERROR here is a PANIC).
+pub fn on_commit() {
+    // SAFETY: reads of this backend's globals on its own thread.
+    let lsn = unsafe { pg_sys::XactLastCommitEnd };
+    if lsn == 0 || LAST_GATED.with(|c| c.get()) >= lsn {
+        return;
+    }
+    LAST_GATED.with(|c| c.set(lsn));
+    if durable(lsn) {
+        return;
+    }
+    wait_slow(lsn);
+}
+
+fn wait_slow(lsn: u64) {
+    loop {
+        if durable(lsn) {
+            return;
+        }
+        // SAFETY: this backend's own interrupt flags and latch, on its own thread; interrupts are held
+        // by CommitTransaction, so none of these is serviced behind our back.
+        unsafe {
+            if gate_shmem::deposed() || pg_sys::ProcDiePending != 0 {
+                // Deposed, or terminated: end without an answer. DestNone stops CommandComplete and any
+                // later message; the pending die (set here if needed) ends the backend once interrupts
+                // are resumed.
+                pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
+                pg_sys::ProcDiePending = 1;
+                pg_sys::InterruptPending = 1;
+                return;
+            }
+            // A cancel (pg_cancel_backend, statement_timeout) must not turn into an acknowledgement:
+            // swallow it and keep waiting.
+            pg_sys::QueryCancelPending = 0;
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                POLL_MS,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The agent's ruleset steward (main thread): it keeps this node's durability and fencing state in step
+//! with the ruleset rows in its catalog and with its pledge.
+//!
+//! - On the leader: the commit rules (`CommitRules`: the ruleset in force and the change in flight),
+//!   published to shared memory for the commit gate; `synchronous_standby_names` derived from them; the
+//!   walsender-to-node map; establishment (the fence opens only when this node is the leader of the
+//!   highest term it knows and a majority of the cohort has not pledged to a higher term); ruleset
+//!   changes requested through `ha.bootstrap/add_member/remove_member/set_policy`, each written as a row
+//!   and in force only once durable under the previous rules (I5).
+//! - On any other node: no commit rules, fence closed; a standby makes sure it streams under its node
+//!   name (`application_name` in `primary_conninfo`).
+//!
+//! Every decision is logged as `pg_ha: ...`.
+
+use super::request::{self, Kind};
+use super::{alter_system, catalog, gate_shmem, local, shmem, walsnd};
+use crate::agent::pledge_file::{self, Loaded};
+use pg_ha_core::{Change, CommitRules, Lsn, NodeId, PledgeState, Policy, Ruleset, Term, Zone};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// A standby within this many bytes of the leader's flush counts as caught up (may join the cohort).
+const CAUGHT_UP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A change the leader wrote and waits on (I5), with the request that asked for it.
+struct InFlight {
+    request: Option<u64>,
+    reason: String,
+    started: Instant,
+}
+
+pub struct Steward {
+    node: String,
+    zone: String,
+    data_dir: PathBuf,
+    pub pledge: PledgeState,
+    /// Leader side: the commit rules, when this node is the leader named by its newest row.
+    rules: Option<CommitRules>,
+    in_flight: Option<InFlight>,
+    applied_ssn: Option<String>,
+    walsenders: Vec<(i32, String)>,
+    established_logged: bool,
+    /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
+    pub peer_terms: BTreeMap<String, u64>,
+}
+
+fn q(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `synchronous_standby_names` for the rules: Postgres' quorum wait does the blocking; the commit gate
+/// checks the policy exactly. `any K`: `ANY K (followers)`. `zones K`: at least K-1 followers outside
+/// the leader's zone must have it, which is exact for K = 2 and a first stage for K >= 3.
+pub fn ssn_for(r: &Ruleset) -> String {
+    let followers: Vec<(&NodeId, &Zone)> =
+        r.cohort.iter().filter(|(n, _)| **n != r.leader).collect();
+    let (k, names): (u32, Vec<String>) = match r.policy {
+        Policy::AnyK(k) => (k, followers.iter().map(|(n, _)| q(n.as_str())).collect()),
+        Policy::Zones(k) => {
+            let lz = r.cohort.get(&r.leader);
+            (
+                k.saturating_sub(1),
+                followers
+                    .iter()
+                    .filter(|(_, z)| Some(*z) != lz)
+                    .map(|(n, _)| q(n.as_str()))
+                    .collect(),
+            )
+        }
+    };
+    if k == 0 || names.is_empty() {
+        String::new()
+    } else {
+        format!("ANY {} ({})", k.min(names.len() as u32), names.join(", "))
+    }
+}
+
+impl Steward {
+    pub fn new(node: &str, zone: &str) -> Steward {
+        // SAFETY: DataDir is set before any worker starts; plain read.
+        let data_dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }
+            .to_string_lossy()
+            .into_owned();
+        let data_dir = PathBuf::from(data_dir);
+        for f in pledge_file::remove_foreign(&data_dir, node) {
+            log!("pg_ha: removed {f}: a pledge file of another node (copied by pg_basebackup)");
+        }
+        let newest = BackgroundWorker::transaction(catalog::newest_ruleset);
+        let member = newest
+            .as_ref()
+            .is_some_and(|r| r.cohort.iter().any(|c| c == node));
+        let pledge = match pledge_file::load(&data_dir, node) {
+            Loaded::Found(s) => s,
+            Loaded::Missing if member => {
+                warning!("pg_ha: pledge file missing although {node} is a cohort member: it will not pledge until it relearns the highest term");
+                PledgeState::lost()
+            }
+            Loaded::Missing => PledgeState::fresh(),
+            Loaded::Corrupt(e) => {
+                warning!("pg_ha: pledge file damaged ({e}): treating the pledge as lost; it will not pledge until it relearns the highest term");
+                PledgeState::lost()
+            }
+        };
+        log!(
+            "pg_ha: pledge state: term {}{}",
+            pledge.term,
+            if pledge.must_relearn {
+                " (must relearn)"
+            } else {
+                ""
+            }
+        );
+        gate_shmem::KNOWN_TERM
+            .get()
+            .fetch_max(pledge.term.0, Ordering::AcqRel);
+        Steward {
+            node: node.to_string(),
+            zone: zone.to_string(),
+            data_dir,
+            pledge,
+            rules: None,
+            in_flight: None,
+            applied_ssn: None,
+            walsenders: Vec::new(),
+            established_logged: false,
+            peer_terms: BTreeMap::new(),
+        }
+    }
+
+    fn persist_pledge(&mut self, s: PledgeState) -> Result<(), String> {
+        pledge_file::store(&self.data_dir, &self.node, &s)
+            .map_err(|e| format!("cannot write the pledge file: {e}"))?;
+        gate_shmem::KNOWN_TERM
+            .get()
+            .fetch_max(s.term.0, Ordering::AcqRel);
+        self.pledge = s;
+        Ok(())
+    }
+
+    /// One main-loop pass.
+    pub fn tick(&mut self, rows: &[catalog::RulesetRow]) {
+        let wal = local::wal_state();
+        let newest = rows.first().and_then(|r| r.to_core());
+        let leads = !wal.in_recovery
+            && newest
+                .as_ref()
+                .is_some_and(|r| r.leader.as_str() == self.node);
+        if !leads {
+            if self.rules.take().is_some() {
+                gate_shmem::publish_rules(None);
+                log!("pg_ha: no longer leading; commit rules withdrawn");
+            }
+            let unmanaged_primary = !wal.in_recovery && newest.is_none() && self.pledge.term.0 == 0;
+            // A primary no ruleset knows about (before ha.bootstrap) is not fenced: pg_ha manages
+            // nothing yet. Every other non-leader is.
+            gate_shmem::set_fence(unmanaged_primary);
+            if wal.in_recovery {
+                self.ensure_application_name();
+            }
+            return;
+        }
+        let newest = newest.expect("leads implies a ruleset");
+        if self.rules.is_none() {
+            self.adopt(rows, &newest, wal.flush_lsn);
+        }
+        self.refresh_walsenders();
+        self.advance(wal.flush_lsn);
+        self.maybe_establish(&newest);
+    }
+
+    /// Become the keeper of the rules after a start or promotion: the row before the newest is in force,
+    /// and the newest is pending until it is durable under it (we cannot know whether it already was).
+    fn adopt(&mut self, rows: &[catalog::RulesetRow], newest: &Ruleset, flush: u64) {
+        let previous = rows.get(1).and_then(|r| r.to_core());
+        let rules = match previous {
+            Some(prev) if prev.term == newest.term => {
+                let mut r = CommitRules::new(prev);
+                let _ = r.begin(newest.clone(), Lsn(flush));
+                self.in_flight = Some(InFlight {
+                    request: None,
+                    reason: "found at start".into(),
+                    started: Instant::now(),
+                });
+                r
+            }
+            _ => CommitRules::new(newest.clone()),
+        };
+        log!(
+            "pg_ha: leading: ruleset v{} term {} cohort [{}] policy {}{}",
+            newest.version,
+            newest.term,
+            newest
+                .cohort
+                .keys()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            newest.policy,
+            if rules.pending().is_some() {
+                " (pending until durable under the previous row)"
+            } else {
+                ""
+            }
+        );
+        gate_shmem::publish_rules(Some(&rules));
+        self.rules = Some(rules);
+        self.sync_ssn();
+    }
+
+    fn refresh_walsenders(&mut self) {
+        let ws = BackgroundWorker::transaction(catalog::walsenders);
+        if ws != self.walsenders {
+            gate_shmem::publish_walsenders(&ws);
+            self.walsenders = ws;
+        }
+    }
+
+    fn flushed(&self, own_flush: u64) -> BTreeMap<NodeId, Lsn> {
+        let mut m = walsnd::standby_flush_positions(&self.walsenders);
+        m.insert(NodeId::new(self.node.clone()), Lsn(own_flush));
+        m
+    }
+
+    /// A pending change takes effect once durable under the previous rules.
+    fn advance(&mut self, own_flush: u64) {
+        let flushed = self.flushed(own_flush);
+        let Some(rules) = self.rules.as_mut() else {
+            return;
+        };
+        if let Some(now) = rules.on_flush(&flushed).cloned() {
+            let took = self
+                .in_flight
+                .take()
+                .map(|f| (f.request, f.reason, f.started.elapsed()));
+            log!(
+                "pg_ha: ruleset v{} in force (acknowledged under the previous ruleset{}): cohort [{}] policy {}",
+                now.version,
+                took.as_ref()
+                    .map(|t| format!(" after {} ms", t.2.as_millis()))
+                    .unwrap_or_default(),
+                now.cohort.keys().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+                now.policy
+            );
+            gate_shmem::publish_rules(self.rules.as_ref());
+            self.sync_ssn();
+            if let Some((Some(id), reason, _)) = took {
+                request::answer(
+                    id,
+                    Ok(format!("{reason}: ruleset v{} in force", now.version)),
+                );
+            }
+        }
+    }
+
+    fn sync_ssn(&mut self) {
+        let Some(rules) = &self.rules else { return };
+        let want = ssn_for(rules.current());
+        let have = match &self.applied_ssn {
+            Some(s) => s.clone(),
+            None => BackgroundWorker::transaction(|| catalog::show("synchronous_standby_names"))
+                .unwrap_or_default(),
+        };
+        if have != want {
+            BackgroundWorker::transaction(|| {
+                alter_system::set("synchronous_standby_names", Some(&want))
+            });
+            log!("pg_ha: synchronous_standby_names set to '{want}' (was '{have}')");
+        }
+        self.applied_ssn = Some(want);
+    }
+
+    fn maybe_establish(&mut self, newest: &Ruleset) {
+        let known = gate_shmem::KNOWN_TERM.get().load(Ordering::Acquire);
+        let deposed = self.pledge.term > newest.term || known > newest.term.0;
+        if deposed {
+            if gate_shmem::fence_open() {
+                log!(
+                    "pg_ha: fence closed: a higher term ({known}) than this leader's ({}) exists",
+                    newest.term
+                );
+            }
+            gate_shmem::set_fence(false);
+            return;
+        }
+        if gate_shmem::fence_open() {
+            return;
+        }
+        // A majority of the cohort (this node included) must report no pledge above our term: then no
+        // coordinator can have recruited a quorum for a higher term (recruit quorums are majorities).
+        let n = newest.cohort.len();
+        let agreeing = 1 + newest
+            .cohort
+            .keys()
+            .filter(|m| m.as_str() != self.node)
+            .filter(|m| {
+                self.peer_terms
+                    .get(m.as_str())
+                    .is_some_and(|t| *t <= newest.term.0)
+            })
+            .count();
+        if agreeing * 2 > n {
+            gate_shmem::set_fence(true);
+            log!(
+                "pg_ha: established as leader of term {} (ruleset v{}); {} of {} members confirm no higher term; writes allowed",
+                newest.term,
+                newest.version,
+                agreeing,
+                n
+            );
+            self.established_logged = true;
+        }
+    }
+
+    /// A standby streams under its node name, so the leader's walsender (and `synchronous_standby_names`)
+    /// can tell who flushed what.
+    fn ensure_application_name(&mut self) {
+        let conninfo =
+            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
+        if conninfo.is_empty() {
+            return;
+        }
+        let want = format!("application_name={}", self.node);
+        if conninfo.split_whitespace().any(|kv| kv == want) {
+            return;
+        }
+        let fixed: Vec<&str> = conninfo
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("application_name="))
+            .collect();
+        let new = format!("{} {want}", fixed.join(" "));
+        BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some(&new)));
+        log!("pg_ha: primary_conninfo now names this node ({want}) so its flushes count under its name");
+    }
+
+    /// Handle a request from a SQL function (at most one at a time).
+    pub fn handle_request(&mut self, peers: &[shmem::PeerSlot]) {
+        let Some((id, kind, arg)) = request::take() else {
+            return;
+        };
+        log!("pg_ha: request {kind:?}({arg})");
+        let result = match kind {
+            Kind::Bootstrap => self.bootstrap(),
+            _ => self.change(id, kind, &arg, peers),
+        };
+        match result {
+            Ok(Some(msg)) => request::answer(id, Ok(msg)),
+            Ok(None) => {} // answered when the change is in force
+            Err((state, msg)) => {
+                log!("pg_ha: request {kind:?}({arg}) refused: {msg}");
+                request::answer(id, Err((state.to_string(), msg)));
+            }
+        }
+    }
+
+    fn bootstrap(&mut self) -> Result<Option<String>, (&'static str, String)> {
+        let wal = local::wal_state();
+        if wal.in_recovery {
+            return Err((
+                "55000",
+                "ha.bootstrap() must run on a primary, and this node is a standby".into(),
+            ));
+        }
+        let existing = BackgroundWorker::transaction(catalog::newest_ruleset);
+        if let Some(r) = existing {
+            return Err((
+                "55000",
+                format!(
+                    "a pg_ha cluster already exists: ruleset v{} term {} led by {}",
+                    r.version, r.term, r.leader
+                ),
+            ));
+        }
+        if self.pledge.term.0 != 0 || self.pledge.must_relearn {
+            return Err(("55000", format!(
+                "this node already belongs to a pg_ha cluster (pledged to term {}); refusing a second bootstrap",
+                self.pledge.term
+            )));
+        }
+        let cohort: BTreeMap<NodeId, Zone> =
+            [(NodeId::new(self.node.clone()), Zone::new(self.zone.clone()))].into();
+        let r = Ruleset::new(
+            Term(1),
+            1,
+            NodeId::new(self.node.clone()),
+            cohort,
+            Policy::Zones(1),
+        )
+        .map_err(|e| ("XX000", e.to_string()))?;
+        // The pledge first: from here on this node is managed (fenced at every start until established).
+        self.persist_pledge(PledgeState {
+            term: Term(1),
+            coordinator: Some(NodeId::new(self.node.clone())),
+            ..PledgeState::fresh()
+        })
+        .map_err(|e| ("58000", e))?;
+        BackgroundWorker::transaction(|| {
+            catalog::insert_row(&catalog::RulesetRow::from_core(&r), "bootstrap")
+        })
+        .map_err(|e| ("XX000", format!("cannot write the ruleset row: {e}")))?;
+        log!(
+            "pg_ha: bootstrap: {} is leader of term 1, cohort [{}], policy zones 1 (the leader alone)",
+            self.node,
+            self.node
+        );
+        Ok(Some(format!("{} is leader of term 1", self.node)))
+    }
+
+    fn change(
+        &mut self,
+        id: u64,
+        kind: Kind,
+        arg: &str,
+        peers: &[shmem::PeerSlot],
+    ) -> Result<Option<String>, (&'static str, String)> {
+        let Some(rules) = self.rules.as_ref() else {
+            return Err((
+                "55000",
+                "this node is not the leader; run cluster changes on the leader".into(),
+            ));
+        };
+        if !gate_shmem::fence_open() {
+            return Err((
+                "55000",
+                "this node is not (yet) the established leader".into(),
+            ));
+        }
+        let own_flush = local::wal_state().flush_lsn;
+        let flushed = self.flushed(own_flush);
+        // Nodes that may join: members, and observers streaming from this leader that are caught up.
+        let mut known: BTreeSet<NodeId> = rules.current().cohort.keys().cloned().collect();
+        let mut zones: BTreeMap<String, String> = BTreeMap::new();
+        let mut lagging: BTreeMap<String, u64> = BTreeMap::new();
+        for p in peers
+            .iter()
+            .filter(|p| p.used && p.ever_seen && p.reachable)
+        {
+            let name = p.node_name.get();
+            zones.insert(name.clone(), p.zone.get());
+            match flushed.get(&NodeId::new(name.clone())) {
+                Some(l) if own_flush.saturating_sub(l.0) <= CAUGHT_UP_BYTES => {
+                    known.insert(NodeId::new(name));
+                }
+                Some(l) => {
+                    lagging.insert(name, own_flush.saturating_sub(l.0));
+                }
+                None => {}
+            }
+        }
+        let change = match kind {
+            Kind::AddMember => {
+                if let Some(bytes) = lagging.get(arg) {
+                    return Err(("55000", format!(
+                        "{arg} is {bytes} bytes behind the leader; it can join once it has caught up (within {CAUGHT_UP_BYTES} bytes)"
+                    )));
+                }
+                if !known.contains(&NodeId::new(arg)) && zones.contains_key(arg) {
+                    return Err(("55000", format!(
+                        "{arg} is reachable but does not stream from this leader under its name; it cannot join yet"
+                    )));
+                }
+                Change::AddMember {
+                    node: NodeId::new(arg),
+                    zone: Zone::new(zones.get(arg).cloned().unwrap_or_else(|| "default".into())),
+                }
+            }
+            Kind::RemoveMember => Change::RemoveMember(NodeId::new(arg)),
+            Kind::SetPolicy => Change::SetPolicy(
+                arg.parse::<Policy>()
+                    .map_err(|e| ("22023", format!("invalid policy {arg:?}: {e}")))?,
+            ),
+            Kind::Bootstrap => unreachable!(),
+        };
+        let next = rules
+            .propose(&known, &change)
+            .map_err(|e| ("55000", e.to_string()))?;
+        let row = catalog::RulesetRow::from_core(&next);
+        let reason = match &change {
+            Change::AddMember { node, .. } => format!("add_member {node}"),
+            Change::RemoveMember(n) => format!("remove_member {n}"),
+            Change::SetPolicy(p) => format!("set_policy {p}"),
+        };
+        let lsn = BackgroundWorker::transaction(|| catalog::insert_row(&row, &reason).map(|_| ()))
+            .map(|_| unsafe { pg_sys::XactLastCommitEnd })
+            .map_err(|e| ("XX000", format!("cannot write the ruleset row: {e}")))?;
+        let rules = self.rules.as_mut().expect("checked");
+        rules
+            .begin(next.clone(), Lsn(lsn))
+            .map_err(|e| ("55000", e.to_string()))?;
+        gate_shmem::publish_rules(Some(rules));
+        log!(
+            "pg_ha: {reason}: wrote ruleset v{} at {}; in force once durable under v{}",
+            next.version,
+            Lsn(lsn),
+            rules.current().version
+        );
+        self.in_flight = Some(InFlight {
+            request: Some(id),
+            reason,
+            started: Instant::now(),
+        });
+        Ok(None)
+    }
+}
