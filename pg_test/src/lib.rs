@@ -13,6 +13,7 @@
 //! `/usr/lib/postgresql/15/bin`; `PG_TEST_OS_USER` overrides the `postgres` account.
 
 pub mod agent;
+pub mod bench;
 mod cluster;
 mod conf;
 mod error;

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-/// `ha.status` as seen from `n`: (node_name, role, healthy, flush_lsn, is_self).
-fn status(n: &Node) -> pg_test::Result<Vec<(String, String, bool, Option<String>, bool)>> {
+/// One `ha.status` row: (node_name, role, healthy, flush_lsn, is_self).
+type Row = (String, String, bool, Option<String>, bool);
+
+/// `ha.status` as seen from `n`.
+fn status(n: &Node) -> pg_test::Result<Vec<Row>> {
     let rows = n.query_strings(
         "SELECT node_name, role, healthy::text, flush_lsn::text, is_self::text FROM ha.status",
     )?;

@@ -3,15 +3,20 @@
 //! thread publishes and reports [`Event`]s back to the main thread through a channel.
 
 pub mod auth;
+pub mod coordinator;
 pub mod pledge_file;
 pub mod poller;
 pub mod runtime;
 pub mod server;
+pub mod wire;
 
 use crate::config::AgentAddr;
-use crate::proto::StatusReply;
-use parking_lot::RwLock;
+use crate::proto::{PledgeReply, PledgeRequest, PromoteReply, PromoteRequest, StatusReply};
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Sender;
+use std::time::Instant;
 
 /// This node as the main thread last saw it; served by the `Status` RPC.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +24,30 @@ pub struct NodeSnapshot {
     pub reply: StatusReply,
     /// False until the main thread has published a first snapshot.
     pub ready: bool,
+    /// The newest ruleset row this node holds, in the core's form (what a coordinator starts from).
+    pub ruleset: Option<pg_ha_core::Ruleset>,
+}
+
+/// What this agent last heard from one peer address (written by the poller).
+#[derive(Clone, Debug, Default)]
+pub struct PeerView {
+    pub reply: Option<StatusReply>,
+    /// When the last successful answer arrived.
+    pub last_ok: Option<Instant>,
+}
+
+/// Work only the main thread can do (it touches Postgres or the pledge file); the answer goes back
+/// on the oneshot.
+#[derive(Debug)]
+pub enum Command {
+    Pledge {
+        req: PledgeRequest,
+        reply: tokio::sync::oneshot::Sender<PledgeReply>,
+    },
+    Promote {
+        req: PromoteRequest,
+        reply: tokio::sync::oneshot::Sender<PromoteReply>,
+    },
 }
 
 /// State shared between the main thread (writer) and the tokio tasks (readers).
@@ -30,6 +59,38 @@ pub struct Shared {
     pub peers: RwLock<Vec<AgentAddr>>,
     pub own_address: AgentAddr,
     pub poll_interval: RwLock<std::time::Duration>,
+    pub failover_timeout: RwLock<std::time::Duration>,
+    pub peer_views: RwLock<BTreeMap<AgentAddr, PeerView>>,
+    pub commands: Mutex<Sender<Command>>,
+    /// This agent's detection view, served in Status (`leader_lost`).
+    pub leader_lost: AtomicBool,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// Wake the main thread now (tokio threads block every signal, so the process' SIGUSR1 lands on
+    /// the main thread, whose handler sets its latch).
+    pub fn wake_main(&self) {
+        // SAFETY: signalling our own process.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGUSR1);
+        }
+    }
+
+    /// Hand a command to the main thread.
+    pub fn command(&self, c: Command) {
+        let _ = self.commands.lock().send(c);
+        self.wake_main();
+    }
+
+    /// The reachable peer that says it is `name`.
+    pub fn address_of(&self, name: &str) -> Option<AgentAddr> {
+        self.peer_views
+            .read()
+            .iter()
+            .find(|(_, v)| v.reply.as_ref().is_some_and(|r| r.node_name == name))
+            .map(|(a, _)| a.clone())
+    }
 }
 
 /// What the tokio side tells the main thread.
@@ -49,6 +110,8 @@ pub enum Event {
         rpc: &'static str,
         reason: &'static str,
     },
+    /// A coordinator decision or step, logged by the main thread as `LOG: pg_ha: ...`.
+    Log(String),
     /// A task cannot go on (bind failure, panic): the main loop exits so the postmaster restarts it.
     Fatal(String),
 }

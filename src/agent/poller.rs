@@ -35,7 +35,7 @@ pub async fn status_call(
     }
 }
 
-fn channel_for(addr: &AgentAddr, timeout: Duration) -> Result<Channel, String> {
+pub fn channel_for(addr: &AgentAddr, timeout: Duration) -> Result<Channel, String> {
     Endpoint::from_shared(addr.uri())
         .map_err(|e| format!("bad address {addr}: {e}"))
         .map(|e| e.connect_timeout(timeout).tcp_nodelay(true).connect_lazy())
@@ -58,6 +58,7 @@ pub async fn run(
             .cloned()
             .collect();
         channels.retain(|a, _| peers.contains(a));
+        shared.peer_views.write().retain(|a, _| peers.contains(a));
         let token = shared.token.read().clone();
         let mut calls = Vec::new();
         for addr in peers {
@@ -75,11 +76,20 @@ pub async fn run(
                 },
             };
             let (token, from, events) = (token.clone(), node_name.clone(), events.clone());
+            let shared = shared.clone();
             calls.push(tokio::spawn(async move {
                 let result = match token.as_deref() {
                     None => Err("not sent: this agent has no token (ha.auth_token_file)".into()),
                     Some(t) => status_call(ch, Some(t), &from, interval * 2).await,
                 };
+                {
+                    let mut views = shared.peer_views.write();
+                    let v = views.entry(addr.clone()).or_default();
+                    if let Ok(r) = &result {
+                        v.reply = Some(r.clone());
+                        v.last_ok = Some(std::time::Instant::now());
+                    }
+                }
                 let _ = events.send(match result {
                     Ok(reply) => Event::PeerAnswered { addr, reply },
                     Err(error) => Event::PeerFailed { addr, error },

@@ -4,12 +4,15 @@
 pub mod alter_system;
 pub mod catalog;
 pub mod commit_gate;
+pub mod follow;
 pub mod gate_shmem;
 pub mod gucs;
 pub mod hooks;
 pub mod local;
+pub mod rejoin;
 pub mod request;
 pub mod shmem;
 pub mod steward;
+pub mod takeover;
 pub mod walsnd;
 pub mod worker;

@@ -34,16 +34,24 @@ struct InFlight {
 }
 
 pub struct Steward {
-    node: String,
-    zone: String,
-    data_dir: PathBuf,
+    pub(crate) node: String,
+    pub(crate) zone: String,
+    pub(crate) data_dir: PathBuf,
     pub pledge: PledgeState,
     /// Leader side: the commit rules, when this node is the leader named by its newest row.
-    rules: Option<CommitRules>,
+    pub(crate) rules: Option<CommitRules>,
     in_flight: Option<InFlight>,
     applied_ssn: Option<String>,
     walsenders: Vec<(i32, String)>,
-    established_logged: bool,
+    /// The leader's flush when it adopted the rules: establishment waits until this is durable under
+    /// them (the new term's ruleset row, or whatever a restarted leader held).
+    establish_lsn: u64,
+    /// Where this leader's term began (timeline switch point), for followers' divergence checks.
+    pub term_start_lsn: u64,
+    /// The rejoin helper has been started (the server is about to stop).
+    pub(crate) rejoining: bool,
+    /// When this standby was pointed at its current leader (for the stuck-streaming fallback).
+    pub(crate) following_since: Option<(String, Instant)>,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
 }
@@ -126,12 +134,15 @@ impl Steward {
             in_flight: None,
             applied_ssn: None,
             walsenders: Vec::new(),
-            established_logged: false,
+            establish_lsn: 0,
+            term_start_lsn: 0,
+            rejoining: false,
+            following_since: None,
             peer_terms: BTreeMap::new(),
         }
     }
 
-    fn persist_pledge(&mut self, s: PledgeState) -> Result<(), String> {
+    pub(crate) fn persist_pledge(&mut self, s: PledgeState) -> Result<(), String> {
         pledge_file::store(&self.data_dir, &self.node, &s)
             .map_err(|e| format!("cannot write the pledge file: {e}"))?;
         gate_shmem::KNOWN_TERM
@@ -142,13 +153,25 @@ impl Steward {
     }
 
     /// One main-loop pass.
-    pub fn tick(&mut self, rows: &[catalog::RulesetRow]) {
+    pub fn tick(&mut self, rows: &[catalog::RulesetRow], peers: &[crate::proto::StatusReply]) {
+        if self.rejoining {
+            gate_shmem::set_fence(false);
+            return;
+        }
         let wal = local::wal_state();
         let newest = rows.first().and_then(|r| r.to_core());
         let leads = !wal.in_recovery
             && newest
                 .as_ref()
                 .is_some_and(|r| r.leader.as_str() == self.node);
+        // A newer leader elsewhere: this node follows it (a standby repoints, a stale primary rejoins).
+        if self.follow_newer_leader(&wal, newest.as_ref(), peers) {
+            if self.rules.take().is_some() {
+                gate_shmem::publish_rules(None);
+            }
+            gate_shmem::set_fence(false);
+            return;
+        }
         if !leads {
             if self.rules.take().is_some() {
                 gate_shmem::publish_rules(None);
@@ -158,7 +181,7 @@ impl Steward {
             // A primary no ruleset knows about (before ha.bootstrap) is not fenced: pg_ha manages
             // nothing yet. Every other non-leader is.
             gate_shmem::set_fence(unmanaged_primary);
-            if wal.in_recovery {
+            if wal.in_recovery && self.following_since.is_none() {
                 self.ensure_application_name();
             }
             return;
@@ -166,6 +189,7 @@ impl Steward {
         let newest = newest.expect("leads implies a ruleset");
         if self.rules.is_none() {
             self.adopt(rows, &newest, wal.flush_lsn);
+            self.establish_lsn = wal.flush_lsn;
         }
         self.refresh_walsenders();
         self.advance(wal.flush_lsn);
@@ -302,6 +326,20 @@ impl Steward {
                     .is_some_and(|t| *t <= newest.term.0)
             })
             .count();
+        // The rules must also hold for what this leader already has (its term's ruleset row, I5/step 7).
+        let durable = self
+            .rules
+            .as_ref()
+            .map(|r| {
+                r.commit_gate_lsn(
+                    Lsn(local::wal_state().flush_lsn),
+                    &walsnd::standby_flush_positions(&self.walsenders),
+                )
+            })
+            .unwrap_or(Lsn::ZERO);
+        if durable < Lsn(self.establish_lsn) {
+            return;
+        }
         if agreeing * 2 > n {
             gate_shmem::set_fence(true);
             log!(
@@ -311,7 +349,6 @@ impl Steward {
                 agreeing,
                 n
             );
-            self.established_logged = true;
         }
     }
 

@@ -3,7 +3,7 @@
 //! runtime whose threads never see a signal, and talks to it through a snapshot and an event channel.
 
 use super::{catalog, gate_shmem, gucs, hooks, local, shmem, steward::Steward};
-use crate::agent::{self, Event, NodeSnapshot, Shared};
+use crate::agent::{self, Command, Event, NodeSnapshot, Shared};
 use crate::config::AgentAddr;
 use crate::proto::StatusReply;
 use parking_lot::RwLock;
@@ -92,12 +92,18 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         settings.failover_timeout_ms
     );
 
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Command>();
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(NodeSnapshot::default()),
         token: RwLock::new(load_token(&settings)),
         peers: RwLock::new(settings.peers.clone()),
         own_address: settings.agent_address.clone(),
         poll_interval: RwLock::new(poll_interval(settings.failover_timeout_ms)),
+        failover_timeout: RwLock::new(Duration::from_millis(settings.failover_timeout_ms)),
+        peer_views: RwLock::new(Default::default()),
+        commands: parking_lot::Mutex::new(cmd_tx),
+        leader_lost: std::sync::atomic::AtomicBool::new(false),
+        started: Instant::now(),
     });
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Event>();
     let rt = match agent::runtime::build() {
@@ -125,6 +131,17 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         ),
     );
 
+    agent::runtime::spawn_supervised(
+        &rt,
+        "coordinator",
+        ev_tx.clone(),
+        agent::coordinator::run(
+            shared.clone(),
+            ev_tx.clone(),
+            settings.node_name.clone(),
+            stop_rx.clone(),
+        ),
+    );
     let steward = Steward::new(&settings.node_name, &settings.zone);
     gate_shmem::AGENT_PID.get().store(
         std::process::id() as i32,
@@ -156,7 +173,18 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
             pgrx::log!("pg_ha: agent stopping after a fatal error: {fatal}");
             break;
         }
-        state.steward.tick(&state.rows);
+        while let Ok(cmd) = cmd_rx.try_recv() {
+            match cmd {
+                Command::Pledge { req, reply } => {
+                    let _ = reply.send(state.steward.handle_pledge(&req));
+                }
+                Command::Promote { req, reply } => {
+                    let _ = reply.send(state.steward.handle_promote(&req));
+                }
+            }
+        }
+        let fresh = state.fresh_peers();
+        state.steward.tick(&state.rows, &fresh);
         let peers = shmem::PEERS.share().slots;
         state.steward.handle_request(&peers);
         shmem::PEERS.exclusive().agent_heartbeat_us = local::now_us();
@@ -212,12 +240,26 @@ impl MainLoop {
                 }
                 *self.shared.peers.write() = s.peers.clone();
                 *self.shared.poll_interval.write() = poll_interval(s.failover_timeout_ms);
+                *self.shared.failover_timeout.write() =
+                    Duration::from_millis(s.failover_timeout_ms);
                 *self.shared.token.write() = load_token(&s);
                 self.settings = s;
                 log!("pg_ha: configuration reloaded");
             }
             Err(e) => warning!("pg_ha: configuration reload ignored: {e}"),
         }
+    }
+
+    /// Peers' latest answers that are recent enough to act on.
+    fn fresh_peers(&self) -> Vec<StatusReply> {
+        let limit = Duration::from_millis(self.settings.failover_timeout_ms);
+        self.shared
+            .peer_views
+            .read()
+            .values()
+            .filter(|v| v.last_ok.is_some_and(|t| t.elapsed() < limit))
+            .filter_map(|v| v.reply.clone())
+            .collect()
     }
 
     /// Publish this node's own state for the `Status` RPC.
@@ -250,14 +292,30 @@ impl MainLoop {
             leader: newest.map(|r| r.leader.clone()).unwrap_or_default(),
             pledged_term: self.steward.pledge.term.0,
             ruleset_version: newest.map_or(0, |r| r.version.max(0) as u64),
+            leader_lost: self
+                .shared
+                .leader_lost
+                .load(std::sync::atomic::Ordering::Relaxed),
+            established: !wal.in_recovery
+                && gate_shmem::fence_open()
+                && newest.is_some_and(|r| r.leader == self.settings.node_name),
+            term_start_lsn: self.steward.term_start_lsn,
+            paused: false,
+            ruleset_term,
         };
-        *self.shared.snapshot.write() = NodeSnapshot { reply, ready: true };
+        let ruleset = newest.and_then(|r| r.to_core());
+        *self.shared.snapshot.write() = NodeSnapshot {
+            reply,
+            ready: true,
+            ruleset,
+        };
     }
 
     fn drain(&mut self, rx: &Receiver<Event>) -> Result<(), String> {
         while let Ok(ev) = rx.try_recv() {
             match ev {
                 Event::Listening(addr) => log!("pg_ha: agent listening on {addr}"),
+                Event::Log(msg) => log!("pg_ha: {msg}"),
                 Event::Fatal(msg) => return Err(msg),
                 Event::AuthRejected {
                     remote,
@@ -304,6 +362,9 @@ impl MainLoop {
         self.steward
             .peer_terms
             .insert(r.node_name.clone(), r.pledged_term);
+        gate_shmem::KNOWN_TERM
+            .get()
+            .fetch_max(r.ruleset_term, std::sync::atomic::Ordering::AcqRel);
         if self.peer_state.insert(addr.clone(), true) != Some(true) {
             log!(
                 "pg_ha: peer {} at {} is reachable: {} (term {}, timeline {}, flush {})",

@@ -1,0 +1,378 @@
+//! The coordinator (template steps 1-5, then 6-7 through the candidate): every agent runs one. It
+//! watches the leader through the peer poller's answers; when the leader has been unreachable for
+//! `ha.failover_timeout` and a majority of the cohort (itself included) says the same, it races for a
+//! new term: pledges from the members, revocation and discovery decided by the core's `Attempt`, then
+//! `Promote` on the chosen candidate. Losers back off with jitter. Every step is reported to the main
+//! thread as a log line.
+
+use super::poller::channel_for;
+use super::wire;
+use super::{auth, Event, Events, Shared};
+use crate::config::AgentAddr;
+use crate::proto::agent_client::AgentClient;
+use crate::proto::{PledgeReply, PledgeRequest, PromoteReply, PromoteRequest};
+use pg_ha_core::{should_race, Attempt, AttemptKind, Decision, NodeId, Preferences, Ruleset, Term};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn log(events: &Events, msg: String) {
+    let _ = events.send(Event::Log(msg));
+}
+
+/// A jitter in [0, max): coordinators that lost a race should not collide again.
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    let n = h.finish();
+    Duration::from_micros(n % (max.as_micros().max(1) as u64))
+}
+
+fn request<T>(token: &str, body: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    req.set_timeout(timeout);
+    if let Ok(v) = auth::bearer(token).parse() {
+        req.metadata_mut().insert(auth::METADATA_KEY, v);
+    }
+    req
+}
+
+async fn pledge_call(
+    addr: AgentAddr,
+    token: String,
+    term: Term,
+    me: String,
+    timeout: Duration,
+) -> Result<PledgeReply, String> {
+    let ch = channel_for(&addr, timeout)?;
+    let mut c = AgentClient::new(ch);
+    let req = request(
+        &token,
+        PledgeRequest {
+            term: term.0,
+            coordinator: me,
+        },
+        timeout,
+    );
+    match tokio::time::timeout(timeout, c.pledge(req)).await {
+        Err(_) => Err("no answer".into()),
+        Ok(Err(s)) => Err(s.message().to_string()),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
+
+async fn promote_call(
+    addr: AgentAddr,
+    token: String,
+    req: PromoteRequest,
+    timeout: Duration,
+) -> Result<PromoteReply, String> {
+    let ch = channel_for(&addr, timeout)?;
+    let mut c = AgentClient::new(ch);
+    match tokio::time::timeout(timeout, c.promote(request(&token, req, timeout))).await {
+        Err(_) => Err("no answer".into()),
+        Ok(Err(s)) => Err(s.message().to_string()),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
+
+/// Is `leader` healthy from here: it answered recently as an established leader of the newest term?
+fn leader_ok(shared: &Shared, leader: &str, timeout: Duration) -> bool {
+    shared.peer_views.read().values().any(|v| {
+        v.reply.as_ref().is_some_and(|r| {
+            r.node_name == leader && r.role == "leader" && r.established && !r.in_recovery
+        }) && v.last_ok.is_some_and(|t| t.elapsed() < timeout)
+    })
+}
+
+pub async fn run(
+    shared: Arc<Shared>,
+    events: Events,
+    me: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff_until = Instant::now();
+    // The leader we watch and when it was last seen healthy (answering, established).
+    let mut watched: Option<(String, Instant)> = None;
+    loop {
+        let interval = *shared.poll_interval.read();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let timeout = *shared.failover_timeout.read();
+        let snap = shared.snapshot.read().clone();
+        let Some(known) = snap.ruleset.clone() else {
+            shared.leader_lost.store(false, Ordering::Relaxed);
+            continue;
+        };
+        let leader = known.leader.as_str().to_string();
+        let i_lead = snap.reply.role == "leader" && leader == me;
+        match &watched {
+            Some((l, _)) if *l == leader => {}
+            _ => watched = Some((leader.clone(), Instant::now())),
+        }
+        if leader_ok(&shared, &leader, timeout) {
+            watched = Some((leader.clone(), Instant::now()));
+        }
+        let lost = !i_lead
+            && watched
+                .as_ref()
+                .is_some_and(|(_, t)| t.elapsed() >= timeout);
+        shared.leader_lost.store(lost, Ordering::Relaxed);
+        if !lost || !known.is_member(&NodeId::new(me.clone())) || snap.reply.paused {
+            continue;
+        }
+        if Instant::now() < backoff_until {
+            continue;
+        }
+        // Detection: race only if a majority of the cohort, this node included, lost the leader too.
+        let answers: Vec<(NodeId, bool)> = shared
+            .peer_views
+            .read()
+            .values()
+            .filter(|v| v.last_ok.is_some_and(|t| t.elapsed() < timeout))
+            .filter_map(|v| v.reply.as_ref())
+            .filter(|r| known.is_member(&NodeId::new(r.node_name.clone())))
+            .map(|r| (NodeId::new(r.node_name.clone()), r.leader_lost))
+            .collect();
+        if !should_race(true, &answers, known.n()) {
+            continue;
+        }
+        // Jitter before racing so that simultaneous detectors rarely collide; re-check afterwards.
+        tokio::time::sleep(jitter(timeout / 4)).await;
+        if leader_ok(&shared, &leader, timeout) {
+            continue;
+        }
+        // Another coordinator is already racing (this node or a peer pledged above the ruleset's
+        // term): give it time to finish instead of deposing its fresh leader.
+        let racing = shared.snapshot.read().reply.pledged_term > known.term.0
+            || shared.peer_views.read().values().any(|v| {
+                v.last_ok.is_some_and(|t| t.elapsed() < timeout)
+                    && v.reply
+                        .as_ref()
+                        .is_some_and(|r| r.pledged_term > known.term.0)
+            });
+        if racing {
+            log(
+                &events,
+                format!(
+                    "coordinator {me}: another coordinator is racing above term {}; watching",
+                    known.term
+                ),
+            );
+            backoff_until = Instant::now() + timeout;
+            continue;
+        }
+        let outcome = attempt(&shared, &events, &me, known, &leader, timeout).await;
+        watched = None;
+        if !outcome {
+            let wait = timeout + jitter(timeout);
+            log(
+                &events,
+                format!("coordinator: backing off for {} ms", wait.as_millis()),
+            );
+            backoff_until = Instant::now() + wait;
+        } else {
+            backoff_until = Instant::now() + timeout;
+        }
+    }
+}
+
+/// One attempt; true if a candidate was promoted.
+async fn attempt(
+    shared: &Arc<Shared>,
+    events: &Events,
+    me: &str,
+    known: Ruleset,
+    old_leader: &str,
+    timeout: Duration,
+) -> bool {
+    let Some(token) = shared.token.read().clone() else {
+        return false;
+    };
+    let started = Instant::now();
+    let mut seen: Vec<Term> = vec![known.term];
+    for v in shared.peer_views.read().values() {
+        if let Some(r) = &v.reply {
+            seen.push(Term(r.term));
+            seen.push(Term(r.pledged_term));
+        }
+    }
+    seen.push(Term(shared.snapshot.read().reply.term));
+    let term = Attempt::next_term(seen);
+    let mut att = Attempt::new(
+        NodeId::new(me),
+        term,
+        known.clone(),
+        AttemptKind::Failover {
+            old_leader: NodeId::new(old_leader),
+        },
+    );
+    log(
+        events,
+        format!(
+            "coordinator {me}: leader {old_leader} lost for {} ms on a majority; racing for term {term} under ruleset v{} (cohort [{}], policy {})",
+            timeout.as_millis(),
+            known.version,
+            known.cohort.keys().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+            known.policy
+        ),
+    );
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(2)) * 2;
+    let rpc_timeout = (timeout / 2).clamp(Duration::from_millis(300), Duration::from_secs(2));
+    let mut answered: BTreeSet<NodeId> = BTreeSet::new();
+    loop {
+        // Ask every node the attempt needs that has not answered yet (the cohort, plus members of any
+        // newer ruleset a recruit reported).
+        let mut ask: BTreeSet<NodeId> = att.nodes_to_ask();
+        ask.extend(att.known().cohort.keys().cloned());
+        let calls: Vec<_> = ask
+            .iter()
+            .filter(|n| !answered.contains(*n))
+            .filter_map(|n| {
+                let addr = if n.as_str() == me {
+                    Some(shared.own_address.clone())
+                } else {
+                    shared.address_of(n.as_str())
+                }?;
+                let (token, me) = (token.clone(), me.to_string());
+                let node = n.clone();
+                Some(async move { (node, pledge_call(addr, token, term, me, rpc_timeout).await) })
+            })
+            .collect();
+        for (node, r) in futures_join_all(calls).await {
+            match r {
+                Ok(rep) if rep.accepted => {
+                    let report = wire::report_from_wire(&rep);
+                    log(
+                        events,
+                        format!("coordinator {me}: term {term}: pledge from {report}"),
+                    );
+                    answered.insert(node);
+                    if let Ok(e) = att.on_reply(report) {
+                        if e.newer_ruleset {
+                            log(events, format!(
+                                "coordinator {me}: term {term}: a recruit holds a newer ruleset (v{}); revocation now checked against it",
+                                att.quorum_ruleset().version
+                            ));
+                        }
+                    }
+                }
+                Ok(rep) => {
+                    log(
+                        events,
+                        format!(
+                            "coordinator {me}: term {term}: {node} refused: {} (its term {})",
+                            rep.refusal, rep.current_term
+                        ),
+                    );
+                    answered.insert(node.clone());
+                    att.on_refusal(node, Term(rep.current_term));
+                }
+                Err(e) => log(
+                    events,
+                    format!("coordinator {me}: term {term}: no pledge from {node}: {e}"),
+                ),
+            }
+        }
+        let decision = att.decide(&Preferences::default());
+        match decision {
+            Decision::Wait { .. } if Instant::now() < deadline => {
+                tokio::time::sleep(rpc_timeout / 2).await;
+                continue;
+            }
+            Decision::Wait { ask } => {
+                log(events, format!(
+                    "coordinator {me}: term {term}: no recruit quorum before the deadline (still missing {{{}}})",
+                    ask.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+                return false;
+            }
+            Decision::CatchUp { .. } if Instant::now() < deadline => {
+                log(events, format!("coordinator {me}: term {term}: {decision}"));
+                // A re-pledge is idempotent and reports the new position.
+                answered.clear();
+                tokio::time::sleep(rpc_timeout / 2).await;
+                continue;
+            }
+            Decision::Promote { node, ruleset, why } => {
+                log(
+                    events,
+                    format!(
+                        "coordinator {me}: term {term}: recruits [{}]; {}; candidate {node}: {why}",
+                        att.recruits()
+                            .iter()
+                            .map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        att.discovery().map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                );
+                let addr = if node.as_str() == me {
+                    Some(shared.own_address.clone())
+                } else {
+                    shared.address_of(node.as_str())
+                };
+                let Some(addr) = addr else {
+                    log(
+                        events,
+                        format!("coordinator {me}: term {term}: no address for candidate {node}"),
+                    );
+                    return false;
+                };
+                let req = PromoteRequest {
+                    term: term.0,
+                    coordinator: me.to_string(),
+                    ruleset: Some(wire::ruleset_to_wire(&ruleset)),
+                    reason: "failover".into(),
+                };
+                match promote_call(addr, token.clone(), req, Duration::from_secs(60)).await {
+                    Ok(r) if r.ok => {
+                        log(events, format!(
+                            "coordinator {me}: term {term}: {node} promoted (timeline {}, term starts at {}); failover took {} ms so far",
+                            r.timeline,
+                            pg_ha_core::Lsn(r.start_lsn),
+                            started.elapsed().as_millis()
+                        ));
+                        return true;
+                    }
+                    Ok(r) => log(
+                        events,
+                        format!(
+                            "coordinator {me}: term {term}: promotion of {node} failed: {}",
+                            r.error
+                        ),
+                    ),
+                    Err(e) => log(
+                        events,
+                        format!("coordinator {me}: term {term}: promotion of {node} failed: {e}"),
+                    ),
+                }
+                return false;
+            }
+            other => {
+                log(events, format!("coordinator {me}: term {term}: {other}"));
+                return false;
+            }
+        }
+    }
+}
+
+/// Run the futures concurrently and collect their outputs (tokio has no join_all of its own).
+async fn futures_join_all<F, T>(futs: Vec<F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

@@ -1,0 +1,142 @@
+//! Following the leader of the newest term (template step 6, pull-based): each node looks at its
+//! peers' Status answers; a standby points `primary_conninfo` at the newest leader, and a node whose
+//! WAL diverged from it (I4) rejoins through pg_rewind (`rejoin`).
+
+use super::steward::Steward;
+use super::{alter_system, catalog, local, rejoin};
+use crate::proto::StatusReply;
+use pg_ha_core::{NodeId, Term};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+/// A standby pointed at the leader but not streaming for this long is assumed diverged (a timeline
+/// fork the switch-point check could not see, e.g. two failovers while it was away).
+const STUCK: Duration = Duration::from_secs(10);
+
+impl Steward {
+    /// Returns true when this node is (or is becoming) a follower of a newer leader.
+    pub(crate) fn follow_newer_leader(
+        &mut self,
+        wal: &local::WalState,
+        newest: Option<&pg_ha_core::Ruleset>,
+        peers: &[StatusReply],
+    ) -> bool {
+        let my_term = newest.map_or(0, |r| r.term.0);
+        // The leader of the newest term among the peers: a primary whose newest row names itself.
+        let Some(target) = peers
+            .iter()
+            .filter(|p| !p.in_recovery && p.role == "leader" && p.leader == p.node_name)
+            .filter(|p| p.node_name != self.node)
+            .max_by_key(|p| (p.ruleset_term, p.ruleset_version))
+        else {
+            return false;
+        };
+        let newer = target.ruleset_term > my_term
+            || (target.ruleset_term == my_term
+                && newest.is_some_and(|r| r.leader.as_str() == target.node_name));
+        if !newer || Term(target.ruleset_term) < self.pledge.term {
+            return false;
+        }
+        if !wal.in_recovery {
+            if target.ruleset_term <= my_term {
+                return false;
+            }
+            // A primary of an older term: deposed. It rejoins with pg_rewind (its tail is
+            // unacknowledged or, if acknowledged, also on the new leader).
+            self.start_rejoin(target, true, "a primary of an older term");
+            return true;
+        }
+        // Learn the term from the leader we follow (a pledge file lost or behind).
+        if let Ok(Some(next)) = self.pledge.on_follow(Term(target.ruleset_term)) {
+            if let Err(e) = self.persist_pledge(next) {
+                warning!("pg_ha: {e}");
+            }
+        }
+        // After a pg_rewind the node starts replaying from a checkpoint of the old timeline, but its
+        // control file already says it must reach the new one (minRecoveryPointTLI): that is not a
+        // divergence.
+        let rewound_to = BackgroundWorker::transaction(|| {
+            catalog::select_one::<i32>(
+                "SELECT min_recovery_end_timeline FROM pg_control_recovery()",
+            )
+        })
+        .unwrap_or(0)
+        .max(0) as u32;
+        let diverged = target.timeline > wal.timeline.max(rewound_to)
+            && target.term_start_lsn != 0
+            && wal.flush_lsn > target.term_start_lsn;
+        if diverged {
+            let why = format!(
+                "holds WAL up to {} on timeline {}, past where term {} began ({})",
+                local::lsn_text(wal.flush_lsn),
+                wal.timeline,
+                target.ruleset_term,
+                local::lsn_text(target.term_start_lsn)
+            );
+            self.start_rejoin(target, true, &why);
+            return true;
+        }
+        let want = format!("{} application_name={}", target.conninfo, self.node);
+        let have =
+            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
+        if have != want {
+            BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some(&want)));
+            log!(
+                "pg_ha: following {} (leader of term {}, timeline {}); primary_conninfo updated",
+                target.node_name,
+                target.ruleset_term,
+                target.timeline
+            );
+            self.following_since = Some((target.node_name.clone(), Instant::now()));
+            return true;
+        }
+        // Pointed at the leader: is WAL flowing?
+        let streaming = BackgroundWorker::transaction(|| {
+            catalog::select_one::<String>("SELECT status FROM pg_stat_wal_receiver")
+        })
+        .as_deref()
+            == Some("streaming");
+        match &self.following_since {
+            _ if streaming => {
+                self.following_since = Some((target.node_name.clone(), Instant::now()))
+            }
+            Some((n, since)) if *n == target.node_name && since.elapsed() > STUCK => {
+                let why = format!("not streaming from {} for {} s", n, STUCK.as_secs());
+                self.start_rejoin(target, true, &why);
+            }
+            Some((n, _)) if *n == target.node_name => {}
+            _ => self.following_since = Some((target.node_name.clone(), Instant::now())),
+        }
+        true
+    }
+
+    fn start_rejoin(&mut self, target: &StatusReply, rewind: bool, why: &str) {
+        let primary = format!("{} application_name={}", target.conninfo, self.node);
+        log!(
+            "pg_ha: rejoining as a follower of {} (leader of term {}): {why}; {}",
+            target.node_name,
+            target.ruleset_term,
+            if rewind {
+                "pg_rewind first"
+            } else {
+                "restart only"
+            }
+        );
+        let _ = NodeId::new(&target.node_name);
+        match rejoin::spawn(
+            &self.data_dir,
+            &self.node,
+            &target.node_name,
+            &target.conninfo,
+            &primary,
+            rewind,
+        ) {
+            Ok(pid) => {
+                log!("pg_ha: rejoin helper started (pid {pid}); see pg_ha_rejoin.log in the data directory");
+                self.rejoining = true;
+            }
+            Err(e) => warning!("pg_ha: cannot start the rejoin helper: {e}"),
+        }
+    }
+}

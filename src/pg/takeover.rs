@@ -1,0 +1,184 @@
+//! The node side of a leadership change, on the agent's main thread: answering a `Pledge` (persist,
+//! then revoke: a standby stops streaming from the old leader, a leader is deposed) and a `Promote`
+//! (pg_promote, then the new term's ruleset row; the steward establishes once it is durable).
+
+use super::steward::Steward;
+use super::{alter_system, catalog, gate_shmem, local};
+use crate::agent::wire;
+use crate::proto::{PledgeReply, PledgeRequest, PromoteReply, PromoteRequest};
+use pg_ha_core::{NodeId, Term};
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+impl Steward {
+    pub fn handle_pledge(&mut self, req: &PledgeRequest) -> PledgeReply {
+        let coordinator = NodeId::new(req.coordinator.clone());
+        let next = match self.pledge.on_pledge_request(Term(req.term), &coordinator) {
+            Ok(s) => s,
+            Err(refusal) => {
+                log!(
+                    "pg_ha: pledge for term {} from {} refused: {refusal}",
+                    req.term,
+                    req.coordinator
+                );
+                return PledgeReply {
+                    accepted: false,
+                    refusal: refusal.to_string(),
+                    current_term: refusal.current_term().0,
+                    ..Default::default()
+                };
+            }
+        };
+        let fresh = next != self.pledge;
+        if let Err(e) = self.persist_pledge(next) {
+            warning!("pg_ha: pledge for term {} not given: {e}", req.term);
+            return PledgeReply {
+                accepted: false,
+                refusal: e,
+                current_term: self.pledge.term.0,
+                ..Default::default()
+            };
+        }
+        self.revoke(req.term);
+        let wal = local::wal_state();
+        let newest = BackgroundWorker::transaction(catalog::newest_ruleset);
+        if fresh {
+            log!(
+                "pg_ha: pledged to {} for term {} (flush {}, timeline {}, ruleset v{})",
+                req.coordinator,
+                req.term,
+                local::lsn_text(wal.flush_lsn),
+                wal.timeline,
+                newest.as_ref().map_or(0, |r| r.version)
+            );
+        }
+        PledgeReply {
+            accepted: true,
+            refusal: String::new(),
+            current_term: req.term,
+            node_name: self.node.clone(),
+            zone: self.zone.clone(),
+            pledged_term: req.term,
+            ruleset: newest
+                .as_ref()
+                .and_then(|r| r.to_core())
+                .map(|r| wire::ruleset_to_wire(&r)),
+            flush_lsn: wal.flush_lsn,
+            timeline: wal.timeline,
+        }
+    }
+
+    /// After pledging to `term`: acknowledge nothing more to a leader of a lower term (I2).
+    fn revoke(&mut self, term: u64) {
+        let wal = local::wal_state();
+        if !wal.in_recovery {
+            let led = self
+                .rules
+                .as_ref()
+                .is_some_and(|r| r.current().term.0 < term);
+            if led || gate_shmem::fence_open() {
+                log!("pg_ha: deposed by term {term}: fence closed; commits still waiting will not be acknowledged");
+            }
+            gate_shmem::DEPOSED.get().store(true, Ordering::Release);
+            gate_shmem::set_fence(false);
+            return;
+        }
+        // A standby: stop streaming (and so acknowledging) until a leader of term >= `term` exists.
+        let conninfo =
+            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
+        if !conninfo.is_empty() {
+            BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some("")));
+            self.following_since = None;
+            log!("pg_ha: pledged to term {term}: stopped streaming from the old leader");
+        }
+        // The startup process restarts the WAL receiver on the reload; make sure the old one is gone
+        // before answering (bounded: a SIGTERM to it if the reload is slow).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut signalled = false;
+        while Instant::now() < deadline {
+            let rcv = BackgroundWorker::transaction(|| {
+                catalog::select_one::<i32>(
+                    "SELECT pid FROM pg_stat_wal_receiver WHERE conninfo IS NOT NULL AND conninfo <> ''",
+                )
+            });
+            let Some(pid) = rcv else { break };
+            if !signalled && deadline - Instant::now() < Duration::from_millis(2500) {
+                // SAFETY: signalling our own server's WAL receiver.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+                signalled = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn handle_promote(&mut self, req: &PromoteRequest) -> PromoteReply {
+        let fail = |e: String| {
+            log!("pg_ha: promotion for term {} refused: {e}", req.term);
+            PromoteReply {
+                ok: false,
+                error: e,
+                ..Default::default()
+            }
+        };
+        if self.pledge.term.0 != req.term
+            || self.pledge.coordinator.as_ref().map(|c| c.as_str())
+                != Some(req.coordinator.as_str())
+        {
+            return fail(format!(
+                "not pledged to {} in term {} (pledged term {})",
+                req.coordinator, req.term, self.pledge.term
+            ));
+        }
+        let Some(ruleset) = req.ruleset.as_ref().and_then(wire::ruleset_from_wire) else {
+            return fail("malformed ruleset".into());
+        };
+        if ruleset.leader.as_str() != self.node || ruleset.term.0 != req.term {
+            return fail(format!(
+                "the ruleset names {} for term {}",
+                ruleset.leader, ruleset.term
+            ));
+        }
+        let before = local::wal_state();
+        if before.in_recovery {
+            log!(
+                "pg_ha: promoting for term {} (coordinator {})",
+                req.term,
+                req.coordinator
+            );
+            let t0 = Instant::now();
+            let ok = BackgroundWorker::transaction(|| {
+                catalog::select_one::<bool>("SELECT pg_promote(true, 60)")
+            });
+            if ok != Some(true) {
+                return fail("pg_promote did not complete within 60 s".into());
+            }
+            log!("pg_ha: promoted in {} ms", t0.elapsed().as_millis());
+        }
+        let wal = local::wal_state();
+        // The new term's WAL begins where this node's history forked (its flush before promotion).
+        self.term_start_lsn = before.flush_lsn;
+        gate_shmem::DEPOSED.get().store(false, Ordering::Release);
+        let row = catalog::RulesetRow::from_core(&ruleset);
+        if let Err(e) = BackgroundWorker::transaction(|| catalog::insert_row(&row, &req.reason)) {
+            return fail(format!("cannot write the ruleset row: {e}"));
+        }
+        // The steward adopts the new rules on its next pass and opens the fence once the row is durable.
+        self.rules = None;
+        log!(
+            "pg_ha: leader of term {} (ruleset v{}, timeline {}); establishing",
+            req.term,
+            ruleset.version,
+            wal.timeline
+        );
+        PromoteReply {
+            ok: true,
+            error: String::new(),
+            start_lsn: before.flush_lsn,
+            timeline: wal.timeline,
+        }
+    }
+}
