@@ -26,3 +26,12 @@ CREATE TABLE ha.ruleset_history (
     CHECK (leader = ANY (cohort))
 );
 REVOKE ALL ON ha.ruleset_history FROM PUBLIC;
+
+-- Cluster-wide switches, replicated like everything else: 'paused' = 'on' stops automatic failover
+-- (ha.pause() / ha.resume()).
+CREATE TABLE ha.cluster_settings (
+    name       text PRIMARY KEY,
+    value      text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE ALL ON ha.cluster_settings FROM PUBLIC;

@@ -34,5 +34,8 @@ GRANT EXECUTE ON FUNCTION ha.status_rows() TO pg_monitor, ha_admin;
 GRANT SELECT ON ha.status, ha.history TO pg_monitor, ha_admin;
 GRANT SELECT ON ha.ruleset_history TO pg_monitor, ha_admin;
 
-REVOKE ALL ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text) TO ha_admin;
+REVOKE ALL ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text),
+    ha.switchover(text), ha.failover(text), ha.pause(), ha.resume() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text),
+    ha.switchover(text), ha.failover(text), ha.pause(), ha.resume() TO ha_admin;
+GRANT SELECT ON ha.cluster_settings TO pg_monitor, ha_admin;

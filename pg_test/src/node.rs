@@ -73,17 +73,23 @@ impl Node {
 
     /// A new connection as user postgres to database postgres over TCP.
     pub fn connect(&self) -> Result<postgres::Client> {
+        self.connect_as("postgres")
+    }
+
+    /// A new connection as `user` (a role with LOGIN; the harness' pg_hba.conf trusts every user on the
+    /// cluster's addresses) to database postgres over TCP.
+    pub fn connect_as(&self, user: &str) -> Result<postgres::Client> {
         let client = postgres::Config::new()
             .host(&self.host)
             .port(self.pg_port)
-            .user("postgres")
+            .user(user)
             .dbname("postgres")
             .application_name("pg_test")
             .connect_timeout(Duration::from_secs(5))
             .connect(postgres::NoTls)
             .map_err(|e| {
                 err(format!(
-                    "connect to {} ({}:{}): {e}",
+                    "connect to {} ({}:{}) as {user}: {e}",
                     self.name, self.host, self.pg_port
                 ))
             })?;

@@ -78,13 +78,25 @@ async fn promote_call(
     }
 }
 
-/// Is `leader` healthy from here: it answered recently as an established leader of the newest term?
+/// When `leader` last answered this agent as an established leader (the poller keeps the last good
+/// answer and its time).
+fn leader_last_healthy(shared: &Shared, leader: &str) -> Option<Instant> {
+    shared
+        .peer_views
+        .read()
+        .values()
+        .filter(|v| {
+            v.reply.as_ref().is_some_and(|r| {
+                r.node_name == leader && r.role == "leader" && r.established && !r.in_recovery
+            })
+        })
+        .filter_map(|v| v.last_ok)
+        .max()
+}
+
+/// Is `leader` healthy from here: it answered recently as an established leader?
 fn leader_ok(shared: &Shared, leader: &str, timeout: Duration) -> bool {
-    shared.peer_views.read().values().any(|v| {
-        v.reply.as_ref().is_some_and(|r| {
-            r.node_name == leader && r.role == "leader" && r.established && !r.in_recovery
-        }) && v.last_ok.is_some_and(|t| t.elapsed() < timeout)
-    })
+    leader_last_healthy(shared, leader).is_some_and(|t| t.elapsed() < timeout)
 }
 
 pub async fn run(
@@ -108,14 +120,32 @@ pub async fn run(
             shared.leader_lost.store(false, Ordering::Relaxed);
             continue;
         };
-        let leader = known.leader.as_str().to_string();
+        // The leader of the newest ruleset anyone reports: a node restarted with an old catalog must
+        // not keep watching (or being) a leader the cluster has moved on from.
+        let mut leader = known.leader.as_str().to_string();
+        let mut newest = (snap.reply.ruleset_term, snap.reply.ruleset_version);
+        for v in shared.peer_views.read().values() {
+            let fresh = v.last_ok.is_some_and(|t| t.elapsed() < timeout);
+            if let Some(r) = v.reply.as_ref().filter(|_| fresh) {
+                if (r.ruleset_term, r.ruleset_version) > newest && !r.leader.is_empty() {
+                    newest = (r.ruleset_term, r.ruleset_version);
+                    leader = r.leader.clone();
+                }
+            }
+        }
         let i_lead = snap.reply.role == "leader" && leader == me;
+        // Lost = no healthy answer from the leader for `timeout` (counted from the last healthy
+        // answer, or from when this agent started watching this leader).
         match &watched {
             Some((l, _)) if *l == leader => {}
             _ => watched = Some((leader.clone(), Instant::now())),
         }
-        if leader_ok(&shared, &leader, timeout) {
-            watched = Some((leader.clone(), Instant::now()));
+        if let (Some(t), Some((_, since))) =
+            (leader_last_healthy(&shared, &leader), watched.as_mut())
+        {
+            if t > *since {
+                *since = t;
+            }
         }
         let lost = !i_lead
             && watched
@@ -142,7 +172,7 @@ pub async fn run(
             continue;
         }
         // Jitter before racing so that simultaneous detectors rarely collide; re-check afterwards.
-        tokio::time::sleep(jitter(timeout / 4)).await;
+        tokio::time::sleep(jitter((timeout / 8).min(Duration::from_millis(250)))).await;
         if leader_ok(&shared, &leader, timeout) {
             continue;
         }
@@ -166,7 +196,12 @@ pub async fn run(
             backoff_until = Instant::now() + timeout;
             continue;
         }
-        let outcome = attempt(&shared, &events, &me, known, &leader, timeout).await;
+        let kind = AttemptKind::Failover {
+            old_leader: NodeId::new(leader.clone()),
+        };
+        let outcome = attempt(&shared, &events, &me, known, kind, timeout)
+            .await
+            .is_ok();
         watched = None;
         if !outcome {
             let wait = timeout + jitter(timeout);
@@ -181,17 +216,34 @@ pub async fn run(
     }
 }
 
-/// One attempt; true if a candidate was promoted.
-async fn attempt(
+/// One attempt (failover or switchover); Ok(new leader) if a candidate was promoted.
+pub async fn attempt(
     shared: &Arc<Shared>,
     events: &Events,
     me: &str,
     known: Ruleset,
-    old_leader: &str,
+    kind: AttemptKind,
     timeout: Duration,
-) -> bool {
+) -> Result<String, String> {
     let Some(token) = shared.token.read().clone() else {
-        return false;
+        return Err("this agent has no cluster token".into());
+    };
+    let what = match &kind {
+        AttemptKind::Failover { old_leader } => format!(
+            "leader {old_leader} lost for {} ms on a majority",
+            timeout.as_millis()
+        ),
+        AttemptKind::Switchover { leader, target } => format!(
+            "switchover from {leader} to {}",
+            target
+                .as_ref()
+                .map(|t| t.as_str())
+                .unwrap_or("the best member")
+        ),
+    };
+    let reason = match &kind {
+        AttemptKind::Failover { .. } => "failover",
+        AttemptKind::Switchover { .. } => "switchover",
     };
     let started = Instant::now();
     let mut seen: Vec<Term> = vec![known.term];
@@ -203,19 +255,11 @@ async fn attempt(
     }
     seen.push(Term(shared.snapshot.read().reply.term));
     let term = Attempt::next_term(seen);
-    let mut att = Attempt::new(
-        NodeId::new(me),
-        term,
-        known.clone(),
-        AttemptKind::Failover {
-            old_leader: NodeId::new(old_leader),
-        },
-    );
+    let mut att = Attempt::new(NodeId::new(me), term, known.clone(), kind);
     log(
         events,
         format!(
-            "coordinator {me}: leader {old_leader} lost for {} ms on a majority; racing for term {term} under ruleset v{} (cohort [{}], policy {})",
-            timeout.as_millis(),
+            "coordinator {me}: {what}; racing for term {term} under ruleset v{} (cohort [{}], policy {})",
             known.version,
             known.cohort.keys().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
             known.policy
@@ -285,11 +329,15 @@ async fn attempt(
                 continue;
             }
             Decision::Wait { ask } => {
-                log(events, format!(
-                    "coordinator {me}: term {term}: no recruit quorum before the deadline (still missing {{{}}})",
-                    ask.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
-                ));
-                return false;
+                let msg = format!(
+                    "term {term}: no recruit quorum before the deadline (still missing {{{}}})",
+                    ask.iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                log(events, format!("coordinator {me}: {msg}"));
+                return Err(msg);
             }
             Decision::CatchUp { .. } if Instant::now() < deadline => {
                 log(events, format!("coordinator {me}: term {term}: {decision}"));
@@ -317,45 +365,38 @@ async fn attempt(
                     shared.address_of(node.as_str())
                 };
                 let Some(addr) = addr else {
-                    log(
-                        events,
-                        format!("coordinator {me}: term {term}: no address for candidate {node}"),
-                    );
-                    return false;
+                    let msg = format!("term {term}: no address for candidate {node}");
+                    log(events, format!("coordinator {me}: {msg}"));
+                    return Err(msg);
                 };
                 let req = PromoteRequest {
                     term: term.0,
                     coordinator: me.to_string(),
                     ruleset: Some(wire::ruleset_to_wire(&ruleset)),
-                    reason: "failover".into(),
+                    reason: reason.into(),
                 };
-                match promote_call(addr, token.clone(), req, Duration::from_secs(60)).await {
+                let result = match promote_call(addr, token.clone(), req, Duration::from_secs(60))
+                    .await
+                {
                     Ok(r) if r.ok => {
                         log(events, format!(
-                            "coordinator {me}: term {term}: {node} promoted (timeline {}, term starts at {}); failover took {} ms so far",
+                            "coordinator {me}: term {term}: {node} promoted (timeline {}, term starts at {}); {reason} took {} ms so far",
                             r.timeline,
                             pg_ha_core::Lsn(r.start_lsn),
                             started.elapsed().as_millis()
                         ));
-                        return true;
+                        return Ok(node.as_str().to_string());
                     }
-                    Ok(r) => log(
-                        events,
-                        format!(
-                            "coordinator {me}: term {term}: promotion of {node} failed: {}",
-                            r.error
-                        ),
-                    ),
-                    Err(e) => log(
-                        events,
-                        format!("coordinator {me}: term {term}: promotion of {node} failed: {e}"),
-                    ),
-                }
-                return false;
+                    Ok(r) => r.error,
+                    Err(e) => e,
+                };
+                let msg = format!("term {term}: promotion of {node} failed: {result}");
+                log(events, format!("coordinator {me}: {msg}"));
+                return Err(msg);
             }
             other => {
                 log(events, format!("coordinator {me}: term {term}: {other}"));
-                return false;
+                return Err(format!("term {term}: {other}"));
             }
         }
     }
@@ -375,4 +416,57 @@ where
         }
     }
     out
+}
+
+/// A planned switchover, run by the leader's agent for `ha.switchover()`. The leader's fence is
+/// already closed (no new writes); wait until the target has flushed everything the leader has, then
+/// the template with the live leader pledging too. Ok(new leader name).
+pub async fn switchover(
+    shared: Arc<Shared>,
+    events: Events,
+    me: String,
+    known: Ruleset,
+    target: String,
+) -> Result<String, String> {
+    let timeout = *shared.failover_timeout.read();
+    let token = shared
+        .token
+        .read()
+        .clone()
+        .ok_or("this agent has no cluster token")?;
+    let addr = shared
+        .address_of(&target)
+        .ok_or_else(|| format!("no agent address known for {target}"))?;
+    // Catch-up: the target streams from us until it has our final position (it stops moving once
+    // writes are fenced; background WAL such as a checkpoint is simply included).
+    let deadline = Instant::now() + timeout.max(Duration::from_secs(5));
+    loop {
+        let leader_flush = shared.snapshot.read().reply.flush_lsn;
+        let ch = channel_for(&addr, timeout)?;
+        let st = super::poller::status_call(ch, Some(&token), &me, timeout).await?;
+        if st.flush_lsn >= leader_flush && shared.snapshot.read().reply.flush_lsn == leader_flush {
+            log(
+                &events,
+                format!(
+                    "coordinator {me}: switchover: {target} has flushed the leader's final position {}",
+                    pg_ha_core::Lsn(leader_flush)
+                ),
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{target} did not catch up to {} within {} ms (it is at {})",
+                pg_ha_core::Lsn(leader_flush),
+                deadline.elapsed().as_millis(),
+                pg_ha_core::Lsn(st.flush_lsn)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kind = AttemptKind::Switchover {
+        leader: NodeId::new(me.clone()),
+        target: Some(NodeId::new(target)),
+    };
+    attempt(&shared, &events, &me, known, kind, timeout).await
 }

@@ -112,6 +112,11 @@ pub enum Event {
     },
     /// A coordinator decision or step, logged by the main thread as `LOG: pg_ha: ...`.
     Log(String),
+    /// A switchover or forced failover asked by SQL finished: answer request `id`.
+    RequestDone {
+        id: u64,
+        result: Result<String, String>,
+    },
     /// A task cannot go on (bind failure, panic): the main loop exits so the postmaster restarts it.
     Fatal(String),
 }

@@ -52,3 +52,17 @@ fn remove_member(node: &str) -> String {
 fn set_policy(policy: &str) -> String {
     run(request::Kind::SetPolicy, policy)
 }
+
+/// Planned leadership change to `target` (or the healthiest follower): no acknowledged commit is lost;
+/// returns the new leader's name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn switchover(target: default!(Option<&str>, "NULL")) -> String {
+    run(request::Kind::Switchover, target.unwrap_or(""))
+}
+
+/// Operator-forced failover, only when the leader is unreachable from this node; same safety as an
+/// automatic one (the most advanced recruit is promoted). Returns the new leader's name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn failover(target: default!(Option<&str>, "NULL")) -> String {
+    run(request::Kind::Failover, target.unwrap_or(""))
+}

@@ -2,4 +2,5 @@
 //! and map errors to clear messages.
 
 pub mod cluster;
+pub mod maintenance;
 pub mod status;

@@ -142,3 +142,24 @@ pub fn walsenders() -> Vec<(i32, String)> {
 pub fn show(name: &str) -> Option<String> {
     select_one::<String>(&format!("SELECT current_setting('{name}', true)"))
 }
+
+/// Where timeline `tli` forked from its parent (the last line of its history file), if it has one.
+pub fn timeline_switch_point(tli: u32) -> Option<u64> {
+    if tli <= 1 {
+        return None;
+    }
+    let text = select_one::<String>(&format!(
+        "SELECT pg_read_file('pg_wal/{tli:08X}.history', 0, 1000000, true)"
+    ))?;
+    let last = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let lsn = last.split_whitespace().nth(1)?;
+    let (hi, lo) = lsn.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Whether maintenance mode is on (`ha.pause()`).
+pub fn paused() -> bool {
+    extension_installed()
+        && select_one::<bool>("SELECT value = 'on' FROM ha.cluster_settings WHERE name = 'paused'")
+            .unwrap_or(false)
+}

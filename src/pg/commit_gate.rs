@@ -22,6 +22,10 @@ use std::sync::atomic::Ordering;
 const POLL_MS: i64 = 1;
 
 thread_local! {
+    /// Set at PRE_COMMIT when the transaction has an xid (it wrote data). A transaction without one
+    /// can still have written WAL (HOT pruning, hint-bit full-page images with checksums) and so set
+    /// XactLastCommitEnd, but it committed nothing a client could lose: it is not gated.
+    static HAS_XID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The last commit LSN this backend gated: a transaction that wrote no commit record leaves
     /// XactLastCommitEnd unchanged and needs no gate.
     static LAST_GATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -61,9 +65,17 @@ fn durable(lsn: u64) -> bool {
     rules.commit_gate_lsn(Lsn(lsn), &standbys) >= Lsn(lsn)
 }
 
+/// Called at XACT_EVENT_PRE_COMMIT: remember whether this transaction has an xid.
+pub fn on_pre_commit(has_xid: bool) {
+    HAS_XID.with(|c| c.set(has_xid));
+}
+
 /// Called at XACT_EVENT_COMMIT for client backends. Must not raise an ERROR (the transaction is already
 /// committed: an ERROR here is a PANIC).
 pub fn on_commit() {
+    if !HAS_XID.with(|c| c.replace(false)) {
+        return;
+    }
     // SAFETY: reads of this backend's globals on its own thread.
     let lsn = unsafe { pg_sys::XactLastCommitEnd };
     if lsn == 0 || LAST_GATED.with(|c| c.get()) >= lsn {

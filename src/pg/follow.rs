@@ -42,9 +42,17 @@ impl Steward {
             if target.ruleset_term <= my_term {
                 return false;
             }
-            // A primary of an older term: deposed. It rejoins with pg_rewind (its tail is
-            // unacknowledged or, if acknowledged, also on the new leader).
-            self.start_rejoin(target, true, "a primary of an older term");
+            // A primary of an older term: deposed. If its WAL goes past where the new term began (an
+            // unacknowledged tail), it rejoins through pg_rewind; otherwise (a switchover) it only
+            // restarts as a follower.
+            let rewind = target.term_start_lsn == 0 || wal.flush_lsn > target.term_start_lsn;
+            let why = format!(
+                "a primary of an older term, WAL up to {} (term {} began at {})",
+                local::lsn_text(wal.flush_lsn),
+                target.ruleset_term,
+                local::lsn_text(target.term_start_lsn)
+            );
+            self.start_rejoin(target, rewind, &why);
             return true;
         }
         // Learn the term from the leader we follow (a pledge file lost or behind).

@@ -104,6 +104,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             if wrote && !gate_shmem::fence_open() {
                 refuse_writes();
             }
+            commit_gate::on_pre_commit(wrote);
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => commit_gate::on_commit(),
         _ => {}

@@ -15,9 +15,16 @@ use std::process::{Command, Stdio};
 const SCRIPT: &str = r#"
 set -u
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S.%3N %Z') [$$] LOG:  pg_ha: rejoin: $*" | tee -a "$PGDATA/pg_ha_rejoin.log" >> "$SERVER_LOG"; }
-log "stopping the server to rewind it against $SOURCE_NAME"
-"$BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >> "$PGDATA/pg_ha_rejoin.log" 2>&1 \
-  || "$BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >> "$PGDATA/pg_ha_rejoin.log" 2>&1
+if [ "$NEEDS_REWIND" = yes ]; then
+  log "stopping the server to rewind it against $SOURCE_NAME"
+  "$BINDIR/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >> "$PGDATA/pg_ha_rejoin.log" 2>&1 \
+    || "$BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >> "$PGDATA/pg_ha_rejoin.log" 2>&1
+else
+  # Its WAL ends at or before the new term's start: stop without a shutdown checkpoint (which would
+  # be WAL past the fork), then recover as a standby and follow the new timeline. No rewind.
+  log "stopping the server (immediate) to restart it as a follower of $SOURCE_NAME"
+  "$BINDIR/pg_ctl" -D "$PGDATA" -m immediate -w stop >> "$PGDATA/pg_ha_rejoin.log" 2>&1
+fi
 if [ "$NEEDS_REWIND" = yes ]; then
   # pg_rewind reads the source's timeline from its control file, which a just-promoted server only
   # updates at its first checkpoint: without one it would say "no rewind required".

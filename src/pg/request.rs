@@ -18,6 +18,8 @@ pub enum Kind {
     AddMember = 2,
     RemoveMember = 3,
     SetPolicy = 4,
+    Switchover = 5,
+    Failover = 6,
 }
 
 impl Kind {
@@ -27,6 +29,8 @@ impl Kind {
             2 => Kind::AddMember,
             3 => Kind::RemoveMember,
             4 => Kind::SetPolicy,
+            5 => Kind::Switchover,
+            6 => Kind::Failover,
             _ => return None,
         })
     }

@@ -52,6 +52,15 @@ pub struct Steward {
     pub(crate) rejoining: bool,
     /// When this standby was pointed at its current leader (for the stuck-streaming fallback).
     pub(crate) following_since: Option<(String, Instant)>,
+    /// A switchover (request id, target) or forced failover (request id, target or "") the worker
+    /// must run on the agent's runtime.
+    pub switch_request: Option<(u64, String)>,
+    pub failover_request: Option<(u64, String)>,
+    /// A switchover is in progress: the fence stays closed.
+    pub switching: bool,
+    /// When the last switchover answered its caller: the deposed primary waits a moment before it
+    /// restarts as a follower, so the caller receives the answer.
+    pub(crate) answered_at: Option<Instant>,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
 }
@@ -138,6 +147,10 @@ impl Steward {
             term_start_lsn: 0,
             rejoining: false,
             following_since: None,
+            switch_request: None,
+            failover_request: None,
+            switching: false,
+            answered_at: None,
             peer_terms: BTreeMap::new(),
         }
     }
@@ -156,6 +169,13 @@ impl Steward {
     pub fn tick(&mut self, rows: &[catalog::RulesetRow], peers: &[crate::proto::StatusReply]) {
         if self.rejoining {
             gate_shmem::set_fence(false);
+            return;
+        }
+        let just_answered = self
+            .answered_at
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(500));
+        if self.switching || just_answered {
+            // A switchover is running here, or just answered its caller: stay put for now.
             return;
         }
         let wal = local::wal_state();
@@ -190,6 +210,11 @@ impl Steward {
         if self.rules.is_none() {
             self.adopt(rows, &newest, wal.flush_lsn);
             self.establish_lsn = wal.flush_lsn;
+            if self.term_start_lsn == 0 {
+                self.term_start_lsn =
+                    BackgroundWorker::transaction(|| catalog::timeline_switch_point(wal.timeline))
+                        .unwrap_or(0);
+            }
         }
         self.refresh_walsenders();
         self.advance(wal.flush_lsn);
@@ -310,7 +335,7 @@ impl Steward {
             gate_shmem::set_fence(false);
             return;
         }
-        if gate_shmem::fence_open() {
+        if gate_shmem::fence_open() || self.switching {
             return;
         }
         // A majority of the cohort (this node included) must report no pledge above our term: then no
@@ -381,6 +406,8 @@ impl Steward {
         log!("pg_ha: request {kind:?}({arg})");
         let result = match kind {
             Kind::Bootstrap => self.bootstrap(),
+            Kind::Switchover => self.begin_switchover(id, &arg, peers),
+            Kind::Failover => self.begin_failover(id, &arg),
             _ => self.change(id, kind, &arg, peers),
         };
         match result {
@@ -389,6 +416,131 @@ impl Steward {
             Err((state, msg)) => {
                 log!("pg_ha: request {kind:?}({arg}) refused: {msg}");
                 request::answer(id, Err((state.to_string(), msg)));
+            }
+        }
+    }
+
+    /// `ha.switchover(target)`: check, close the fence, and let the worker run the switchover.
+    fn begin_switchover(
+        &mut self,
+        id: u64,
+        target: &str,
+        peers: &[shmem::PeerSlot],
+    ) -> Result<Option<String>, (&'static str, String)> {
+        let Some(rules) = self.rules.as_ref() else {
+            return Err((
+                "55000",
+                "this node is not the leader; run ha.switchover() on the leader".into(),
+            ));
+        };
+        if !gate_shmem::fence_open() {
+            return Err((
+                "55000",
+                "this node is not (yet) the established leader".into(),
+            ));
+        }
+        if rules.pending().is_some() {
+            return Err((
+                "55006",
+                "a ruleset change is in flight; retry when it is in force".into(),
+            ));
+        }
+        let current = rules.current().clone();
+        let own_flush = local::wal_state().flush_lsn;
+        let flushed = self.flushed(own_flush);
+        let reachable: BTreeSet<String> = peers
+            .iter()
+            .filter(|p| p.used && p.reachable)
+            .map(|p| p.node_name.get())
+            .collect();
+        // Healthy followers: members, reachable, streaming from this leader, caught up.
+        let healthy: Vec<(String, u64)> = current
+            .cohort
+            .keys()
+            .filter(|m| m.as_str() != self.node && reachable.contains(m.as_str()))
+            .filter_map(|m| {
+                flushed
+                    .get(m)
+                    .map(|l| (m.as_str().to_string(), own_flush.saturating_sub(l.0)))
+            })
+            .filter(|(_, lag)| *lag <= CAUGHT_UP_BYTES)
+            .collect();
+        let target = if target.is_empty() {
+            healthy
+                .iter()
+                .min_by_key(|(n, lag)| (*lag, n.clone()))
+                .map(|(n, _)| n.clone())
+                .ok_or(("55000", "no healthy follower to switch over to".to_string()))?
+        } else {
+            if target == self.node {
+                return Err(("22023", format!("{target} is already the leader")));
+            }
+            if !current.is_member(&NodeId::new(target)) {
+                return Err(("22023", format!("{target} is not a cohort member")));
+            }
+            match healthy.iter().find(|(n, _)| n == target) {
+                Some(_) => target.to_string(),
+                None => {
+                    let why = match flushed.get(&NodeId::new(target)) {
+                        Some(l) => format!("{} bytes behind", own_flush.saturating_sub(l.0)),
+                        None => "not streaming from the leader".into(),
+                    };
+                    return Err((
+                        "55000",
+                        format!("{target} is not a healthy follower ({why})"),
+                    ));
+                }
+            }
+        };
+        // The new cohort must be able to commit: the reachable members (this node included, it will
+        // follow) must satisfy the policy.
+        let mut can: BTreeSet<NodeId> = healthy
+            .iter()
+            .map(|(n, _)| NodeId::new(n.clone()))
+            .collect();
+        can.insert(NodeId::new(self.node.clone()));
+        if !current.satisfiable_with(&can) {
+            return Err(("55000", format!(
+                "the healthy members {{{}}} cannot satisfy policy {}; no switchover while the cohort cannot commit",
+                can.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+                current.policy
+            )));
+        }
+        log!("pg_ha: switchover to {target}: fence closed (no new writes); waiting for {target} to catch up");
+        gate_shmem::set_fence(false);
+        self.switching = true;
+        self.switch_request = Some((id, target));
+        Ok(None)
+    }
+
+    /// `ha.failover(target)`: only when this node cannot reach an established leader.
+    fn begin_failover(
+        &mut self,
+        id: u64,
+        target: &str,
+    ) -> Result<Option<String>, (&'static str, String)> {
+        if self.rules.is_some() && gate_shmem::fence_open() {
+            return Err((
+                "55000",
+                "this node is the established leader; use ha.switchover()".into(),
+            ));
+        }
+        self.failover_request = Some((id, target.to_string()));
+        Ok(None)
+    }
+
+    /// The worker reports how a switchover or forced failover ended.
+    pub fn request_done(&mut self, id: u64, result: Result<String, String>) {
+        self.switching = false;
+        self.answered_at = Some(Instant::now());
+        match result {
+            Ok(leader) => {
+                log!("pg_ha: leadership change done: {leader} leads");
+                request::answer(id, Ok(leader));
+            }
+            Err(e) => {
+                log!("pg_ha: leadership change failed: {e}");
+                request::answer(id, Err(("55000".into(), e)));
             }
         }
     }
@@ -509,7 +661,7 @@ impl Steward {
                 arg.parse::<Policy>()
                     .map_err(|e| ("22023", format!("invalid policy {arg:?}: {e}")))?,
             ),
-            Kind::Bootstrap => unreachable!(),
+            Kind::Bootstrap | Kind::Switchover | Kind::Failover => unreachable!(),
         };
         let next = rules
             .propose(&known, &change)

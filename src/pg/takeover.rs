@@ -159,8 +159,11 @@ impl Steward {
             log!("pg_ha: promoted in {} ms", t0.elapsed().as_millis());
         }
         let wal = local::wal_state();
-        // The new term's WAL begins where this node's history forked (its flush before promotion).
-        self.term_start_lsn = before.flush_lsn;
+        // The new term's WAL begins where this node's history forked: the switch point of its new
+        // timeline (its flush before promotion if the history file cannot be read).
+        self.term_start_lsn =
+            BackgroundWorker::transaction(|| catalog::timeline_switch_point(wal.timeline))
+                .unwrap_or(before.flush_lsn);
         gate_shmem::DEPOSED.get().store(false, Ordering::Release);
         let row = catalog::RulesetRow::from_core(&ruleset);
         if let Err(e) = BackgroundWorker::transaction(|| catalog::insert_row(&row, &req.reason)) {
@@ -177,7 +180,7 @@ impl Steward {
         PromoteReply {
             ok: true,
             error: String::new(),
-            start_lsn: before.flush_lsn,
+            start_lsn: self.term_start_lsn,
             timeline: wal.timeline,
         }
     }

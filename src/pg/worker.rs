@@ -33,7 +33,7 @@ pub fn register() {
 }
 
 fn poll_interval(failover_timeout_ms: u64) -> Duration {
-    Duration::from_millis((failover_timeout_ms / 4).clamp(100, 1000))
+    Duration::from_millis((failover_timeout_ms / 8).clamp(50, 500))
 }
 
 fn load_token(settings: &gucs::AgentSettings) -> Option<String> {
@@ -148,6 +148,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         std::sync::atomic::Ordering::Release,
     );
     let mut state = MainLoop {
+        events: ev_tx.clone(),
         settings,
         shared,
         steward,
@@ -187,6 +188,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         state.steward.tick(&state.rows, &fresh);
         let peers = shmem::PEERS.share().slots;
         state.steward.handle_request(&peers);
+        state.spawn_leadership_changes(rt.handle());
         shmem::PEERS.exclusive().agent_heartbeat_us = local::now_us();
     }
     gate_shmem::AGENT_PID
@@ -202,6 +204,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
 }
 
 struct MainLoop {
+    events: agent::Events,
     settings: gucs::AgentSettings,
     shared: Arc<Shared>,
     steward: Steward,
@@ -250,6 +253,68 @@ impl MainLoop {
         }
     }
 
+    /// Run a switchover or forced failover asked through SQL on the agent's runtime.
+    fn spawn_leadership_changes(&mut self, rt: &tokio::runtime::Handle) {
+        let known = self.shared.snapshot.read().ruleset.clone();
+        if let Some((id, target)) = self.steward.switch_request.take() {
+            let (shared, events, me) = (
+                self.shared.clone(),
+                self.events.clone(),
+                self.settings.node_name.clone(),
+            );
+            match known {
+                Some(known) => {
+                    rt.spawn(async move {
+                        let result = agent::coordinator::switchover(
+                            shared,
+                            events.clone(),
+                            me,
+                            known,
+                            target,
+                        )
+                        .await;
+                        let _ = events.send(Event::RequestDone { id, result });
+                    });
+                }
+                None => self.steward.request_done(id, Err("no ruleset".into())),
+            }
+            return;
+        }
+        if let Some((id, target)) = self.steward.failover_request.take() {
+            let (shared, events, me) = (
+                self.shared.clone(),
+                self.events.clone(),
+                self.settings.node_name.clone(),
+            );
+            let Some(known) = self.shared.snapshot.read().ruleset.clone() else {
+                self.steward.request_done(id, Err("no ruleset".into()));
+                return;
+            };
+            if !self
+                .shared
+                .leader_lost
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                self.steward.request_done(
+                    id,
+                    Err(format!("the leader {} is reachable from here; use ha.switchover() for a planned change", known.leader)),
+                );
+                return;
+            }
+            rt.spawn(async move {
+                let timeout = *shared.failover_timeout.read();
+                let kind = pg_ha_core::AttemptKind::Failover { old_leader: known.leader.clone() };
+                let mut result = agent::coordinator::attempt(&shared, &events, &me, known, kind, timeout).await;
+                if let Ok(leader) = &result {
+                    if !target.is_empty() && *leader != target {
+                        result = Ok(format!("{leader} (not {target}: {leader} held the most advanced WAL among the recruits)"));
+                    }
+                }
+                let _ = events.send(Event::RequestDone { id, result });
+            });
+        }
+    }
+
     /// Peers' latest answers that are recent enough to act on.
     fn fresh_peers(&self) -> Vec<StatusReply> {
         let limit = Duration::from_millis(self.settings.failover_timeout_ms);
@@ -264,7 +329,9 @@ impl MainLoop {
 
     /// Publish this node's own state for the `Status` RPC.
     fn refresh_self(&mut self) {
-        self.rows = BackgroundWorker::transaction(|| catalog::newest_rows(2));
+        let (rows, paused) =
+            BackgroundWorker::transaction(|| (catalog::newest_rows(2), catalog::paused()));
+        self.rows = rows;
         let newest = self.rows.first();
         let wal = local::wal_state();
         let member = newest.is_some_and(|r| r.cohort.contains(&self.settings.node_name));
@@ -300,7 +367,7 @@ impl MainLoop {
                 && gate_shmem::fence_open()
                 && newest.is_some_and(|r| r.leader == self.settings.node_name),
             term_start_lsn: self.steward.term_start_lsn,
-            paused: false,
+            paused,
             ruleset_term,
         };
         let ruleset = newest.and_then(|r| r.to_core());
@@ -316,6 +383,7 @@ impl MainLoop {
             match ev {
                 Event::Listening(addr) => log!("pg_ha: agent listening on {addr}"),
                 Event::Log(msg) => log!("pg_ha: {msg}"),
+                Event::RequestDone { id, result } => self.steward.request_done(id, result),
                 Event::Fatal(msg) => return Err(msg),
                 Event::AuthRejected {
                     remote,
