@@ -15,8 +15,11 @@
 //! - **lost**: acknowledged ids (by any server, before or after the kill) missing from the new leader's
 //!   `load` table after the load is stopped. Must be 0 (I3).
 //!
-//! Switchover (`ha.switchover`) does not exist yet, so its write-unavailability window is not measured here
-//! (see the TODO in `main`).
+//! Then, on fresh clusters under the same load, `ha.switchover('node2')` on node1:
+//! - **switchover window**: from the last write acknowledged by node1 to the first acknowledged by node2
+//!   (the client-visible write unavailability, reconnect latency included);
+//! - **call**: how long `SELECT ha.switchover('node2')` took to return;
+//! - **lost**: as above, on node2.
 //!
 //! Run: `cargo run -p pg_test --bin bench_failover -- [--runs 5] [--failover-timeout MS]`. Needs pg_ha
 //! installed: `cargo pgrx install --release --pg-config /usr/bin/pg_config` from the repository root.
@@ -214,11 +217,87 @@ fn run(o: &Options) -> Result<bool, String> {
     }
     let lost: usize = runs.iter().map(|r| r.lost).sum();
     println!("acknowledged writes lost on the new leader, all runs: {lost}");
-    // TODO(switchover benchmark): once `ha.switchover()` exists (issue 5), measure here, over the same
-    // number of runs, its write-unavailability window under the same load: from the last write acknowledged
-    // by the old leader to the first acknowledged by the new one, plus `lost` on the new leader.
-    println!("switchover: not measured (ha.switchover() is not implemented yet)");
-    Ok(lost == 0)
+
+    let mut sw = Vec::new();
+    for i in 1..=o.runs {
+        let r = one_switchover(o).map_err(|e| format!("switchover run {i}: {e}"))?;
+        eprintln!(
+            "switchover run {i}/{}: window {:.0} ms, call {:.0} ms, lost {}",
+            o.runs,
+            r.0.as_secs_f64() * 1000.0,
+            r.1.as_secs_f64() * 1000.0,
+            r.2
+        );
+        sw.push(r);
+    }
+    let win: Vec<f64> = sw.iter().map(|r| r.0.as_secs_f64() * 1000.0).collect();
+    let call: Vec<f64> = sw.iter().map(|r| r.1.as_secs_f64() * 1000.0).collect();
+    let (w, c) = (
+        Summary::of(&win).expect("runs"),
+        Summary::of(&call).expect("runs"),
+    );
+    let sw_lost: usize = sw.iter().map(|r| r.2).sum();
+    println!(
+        "\nswitchover: ha.switchover('node2') on node1 under the same load; window = last write acknowledged \
+         by node1 -> first acknowledged by node2"
+    );
+    println!(
+        "switchover window ms: median {:.0}   min {:.0}   max {:.0}   ({} runs)",
+        w.median, w.min, w.max, w.n
+    );
+    println!(
+        "ha.switchover() call ms: median {:.0}   min {:.0}   max {:.0}",
+        c.median, c.min, c.max
+    );
+    println!("acknowledged writes lost after switchovers, all runs: {sw_lost}");
+    Ok(lost == 0 && sw_lost == 0)
+}
+
+/// One switchover run: (write-unavailability window, ha.switchover() call duration, lost).
+fn one_switchover(o: &Options) -> Result<(Duration, Duration, usize), String> {
+    let c = Cluster::start(ClusterSpec {
+        policy: Some("any 1".into()),
+        failover_timeout_ms: o.failover_timeout_ms,
+        ..ClusterSpec::ha(3)
+    })
+    .map_err(|e| format!("cannot start the cluster: {e}"))?;
+    let (old, new) = (c.node(0), c.node(1));
+    let load = write_load(&c.multi_host_conninfo()).map_err(|e| format!("write load: {e}"))?;
+    load.wait_for_more_acks(WARMUP_ACKS, T)
+        .map_err(|e| format!("before the switchover: {e}"))?;
+    let started = Instant::now();
+    let got = old
+        .query_value("SELECT ha.switchover('node2')")
+        .map_err(|e| format!("ha.switchover: {e}"))?;
+    let call = started.elapsed();
+    if got.as_deref() != Some("node2") {
+        return Err(format!("ha.switchover returned {got:?}"));
+    }
+    let first = wait_until_ok(T, "the first write acknowledged by node2", || {
+        Ok(load
+            .snapshot()
+            .acks
+            .into_iter()
+            .find(|a| a.server_port == Some(new.pg_port())))
+    })
+    .map_err(|e| e.to_string())?;
+    load.wait_for_more_acks(AFTER_ACKS, T)
+        .map_err(|e| format!("after the switchover: {e}"))?;
+    let report = load.stop_report();
+    let last_old = report
+        .acks
+        .iter()
+        .filter(|a| a.server_port == Some(old.pg_port()))
+        .map(|a| a.at)
+        .max()
+        .ok_or("no write acknowledged by node1")?;
+    let acked = report.acked_ids();
+    let lost = count_lost(new, &acked).map_err(|e| format!("count_lost: {e}"))?;
+    Ok((
+        first.at.saturating_duration_since(last_old),
+        call,
+        lost.len(),
+    ))
 }
 
 fn main() -> ExitCode {
