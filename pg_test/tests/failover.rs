@@ -261,3 +261,59 @@ fn pause_blocks_automatic_failover_and_resume_restores_it() {
     .unwrap();
     let _ = probe;
 }
+
+/// I1: two agents race for the same failover (ha.failover() on node2 and node3 at once, automatic
+/// failover paused): every term has at most one leader, exactly one node ends up the established
+/// leader, and the other attempt either lost (backed off) or came later under a higher term.
+#[test]
+fn two_coordinators_racing_establish_one_leader() {
+    let c = ha3();
+    let old = c.node(0);
+    old.query_strings("SELECT ha.pause(); CREATE TABLE probe(x int)")
+        .unwrap();
+    c.wait_replayed(old, T).unwrap();
+    old.kill9().unwrap();
+    for n in &c.nodes()[1..] {
+        wait_until(T, &format!("{} to see the leader lost", n.name()), || {
+            Ok(n.agent_status().map(|s| s.leader_lost).unwrap_or(false))
+        })
+        .unwrap();
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = c.nodes()[1..]
+        .iter()
+        .map(|n| {
+            let mut client = n.connect().unwrap();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                client
+                    .query_one("SELECT ha.failover()", &[])
+                    .map(|r| r.get::<_, String>(0))
+                    .map_err(|e| format!("{:?}", e.as_db_error().map(|d| d.message().to_string())))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("concurrent ha.failover(): {results:?}");
+    assert!(
+        results.iter().any(|r| r.is_ok()),
+        "no attempt won: {results:?}"
+    );
+    let leader = wait_new_leader(&c, old.name());
+    let others: Vec<_> = c.nodes()[1..]
+        .iter()
+        .filter(|n| n.name() != leader.name())
+        .collect();
+    for n in others {
+        assert!(
+            n.in_recovery().unwrap(),
+            "I1: {} is a primary too",
+            n.name()
+        );
+    }
+    let dup = leader
+        .query_value("SELECT count(*) FROM (SELECT term FROM ha.history GROUP BY term HAVING count(DISTINCT leader) > 1) d")
+        .unwrap();
+    assert_eq!(dup.as_deref(), Some("0"), "I1: two leaders in one term");
+}

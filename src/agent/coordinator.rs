@@ -470,3 +470,46 @@ pub async fn switchover(
     };
     attempt(&shared, &events, &me, known, kind, timeout).await
 }
+
+/// `ha.failover(target)`: an attempt now (the leader is unreachable from here). Two operators (or an
+/// operator and an automatic coordinator) racing both lose a term now and then; retry a few times with
+/// jitter, and stop as soon as some coordinator has established a leader above the term we started from.
+pub async fn forced_failover(
+    shared: Arc<Shared>,
+    events: Events,
+    me: String,
+    known: Ruleset,
+    target: String,
+) -> Result<String, String> {
+    let timeout = *shared.failover_timeout.read();
+    let mut last_err = String::new();
+    for _ in 0..5 {
+        let kind = AttemptKind::Failover {
+            old_leader: known.leader.clone(),
+        };
+        match attempt(&shared, &events, &me, known.clone(), kind, timeout).await {
+            Ok(leader) if target.is_empty() || leader == target => return Ok(leader),
+            Ok(leader) => return Ok(format!(
+                "{leader} (not {target}: {leader} held the most advanced WAL among the recruits)"
+            )),
+            Err(e) => last_err = e,
+        }
+        tokio::time::sleep(jitter(timeout / 2) + Duration::from_millis(50)).await;
+        let established = shared.peer_views.read().values().find_map(|v| {
+            v.reply
+                .as_ref()
+                .filter(|r| r.role == "leader" && r.established && r.ruleset_term > known.term.0)
+                .map(|r| r.node_name.clone())
+        });
+        if let Some(l) = established {
+            log(
+                &events,
+                format!(
+                    "coordinator {me}: {l} was established by another coordinator; standing back"
+                ),
+            );
+            return Ok(l);
+        }
+    }
+    Err(last_err)
+}

@@ -302,14 +302,9 @@ impl MainLoop {
                 return;
             }
             rt.spawn(async move {
-                let timeout = *shared.failover_timeout.read();
-                let kind = pg_ha_core::AttemptKind::Failover { old_leader: known.leader.clone() };
-                let mut result = agent::coordinator::attempt(&shared, &events, &me, known, kind, timeout).await;
-                if let Ok(leader) = &result {
-                    if !target.is_empty() && *leader != target {
-                        result = Ok(format!("{leader} (not {target}: {leader} held the most advanced WAL among the recruits)"));
-                    }
-                }
+                let result =
+                    agent::coordinator::forced_failover(shared, events.clone(), me, known, target)
+                        .await;
                 let _ = events.send(Event::RequestDone { id, result });
             });
         }
