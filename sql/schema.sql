@@ -20,6 +20,11 @@ CREATE TABLE ha.ruleset_history (
     cohort     text[]      NOT NULL,   -- member node names
     zones      text[]      NOT NULL,   -- zone of each member, same order as cohort
     policy     text        NOT NULL,   -- 'any K' or 'zones K'
+    -- The membership this row's change started from (a change row, or a leadership row built on one
+    -- that may not have been acknowledged): establishment must be durable under it too.
+    prior_cohort text[],
+    prior_zones  text[],
+    prior_policy text,
     reason     text        NOT NULL,   -- bootstrap, failover, switchover, add_member, ...
     created_at timestamptz NOT NULL DEFAULT now(),
     CHECK (cardinality(cohort) = cardinality(zones)),

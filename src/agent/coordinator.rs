@@ -489,9 +489,11 @@ pub async fn forced_failover(
         };
         match attempt(&shared, &events, &me, known.clone(), kind, timeout).await {
             Ok(leader) if target.is_empty() || leader == target => return Ok(leader),
-            Ok(leader) => return Ok(format!(
+            Ok(leader) => {
+                return Ok(format!(
                 "{leader} (not {target}: {leader} held the most advanced WAL among the recruits)"
-            )),
+            ))
+            }
             Err(e) => last_err = e,
         }
         tokio::time::sleep(jitter(timeout / 2) + Duration::from_millis(50)).await;

@@ -45,7 +45,7 @@ pub enum Command {
         reply: tokio::sync::oneshot::Sender<PledgeReply>,
     },
     Promote {
-        req: PromoteRequest,
+        req: Box<PromoteRequest>,
         reply: tokio::sync::oneshot::Sender<PromoteReply>,
     },
 }

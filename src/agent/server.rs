@@ -70,7 +70,7 @@ impl Agent for Service {
         self.check(&req, "Promote")?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared.command(Command::Promote {
-            req: req.into_inner(),
+            req: Box::new(req.into_inner()),
             reply: tx,
         });
         rx.await

@@ -12,6 +12,21 @@ pub fn ruleset_to_wire(r: &Ruleset) -> proto::Ruleset {
         cohort: r.cohort.keys().map(|n| n.as_str().to_string()).collect(),
         zones: r.cohort.values().map(|z| z.0.clone()).collect(),
         policy: r.policy.to_string(),
+        prior_cohort: r
+            .prior
+            .as_ref()
+            .map(|p| p.cohort.keys().map(|n| n.as_str().to_string()).collect())
+            .unwrap_or_default(),
+        prior_zones: r
+            .prior
+            .as_ref()
+            .map(|p| p.cohort.values().map(|z| z.0.clone()).collect())
+            .unwrap_or_default(),
+        prior_policy: r
+            .prior
+            .as_ref()
+            .map(|p| p.policy.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -26,14 +41,29 @@ pub fn ruleset_from_wire(w: &proto::Ruleset) -> Option<Ruleset> {
         .zip(&w.zones)
         .map(|(n, z)| (NodeId::new(n.clone()), Zone::new(z.clone())))
         .collect();
-    Ruleset::new(
+    let mut r = Ruleset::new(
         Term(w.term),
         w.version,
         NodeId::new(w.leader.clone()),
         cohort,
         policy,
     )
-    .ok()
+    .ok()?;
+    if !w.prior_policy.is_empty() {
+        if w.prior_cohort.len() != w.prior_zones.len() {
+            return None;
+        }
+        r.prior = Some(pg_ha_core::ruleset::Prior {
+            cohort: w
+                .prior_cohort
+                .iter()
+                .zip(&w.prior_zones)
+                .map(|(n, z)| (NodeId::new(n.clone()), Zone::new(z.clone())))
+                .collect(),
+            policy: w.prior_policy.parse().ok()?,
+        });
+    }
+    Some(r)
 }
 
 /// The core's report from an accepted pledge reply.

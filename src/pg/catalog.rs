@@ -1,6 +1,7 @@
 //! Reads and writes of pg_ha's own catalog (schema `ha`) through SPI: the ruleset rows this node holds.
 //! Callers run inside a transaction (a backend's, or `BackgroundWorker::transaction` in the agent).
 
+use pg_ha_core::ruleset::Prior;
 use pg_ha_core::{NodeId, Policy, Ruleset, Term, Zone};
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
@@ -14,26 +15,37 @@ pub struct RulesetRow {
     pub cohort: Vec<String>,
     pub zones: Vec<String>,
     pub policy: String,
+    /// The prior membership (cohort, zones, policy), if the row has one.
+    pub prior: Option<(Vec<String>, Vec<String>, String)>,
+}
+
+fn cohort_map(names: &[String], zones: &[String]) -> BTreeMap<NodeId, Zone> {
+    names
+        .iter()
+        .zip(zones.iter())
+        .map(|(n, z)| (NodeId::new(n.clone()), Zone::new(z.clone())))
+        .collect()
 }
 
 impl RulesetRow {
     /// The core's form; `None` if the row is malformed (it was validated when written).
     pub fn to_core(&self) -> Option<Ruleset> {
         let policy: Policy = self.policy.parse().ok()?;
-        let cohort: BTreeMap<NodeId, Zone> = self
-            .cohort
-            .iter()
-            .zip(self.zones.iter())
-            .map(|(n, z)| (NodeId::new(n.clone()), Zone::new(z.clone())))
-            .collect();
-        Ruleset::new(
+        let mut r = Ruleset::new(
             Term(self.term.max(0) as u64),
             self.version.max(0) as u64,
             NodeId::new(self.leader.clone()),
-            cohort,
+            cohort_map(&self.cohort, &self.zones),
             policy,
         )
-        .ok()
+        .ok()?;
+        if let Some((c, z, p)) = &self.prior {
+            r.prior = Some(Prior {
+                cohort: cohort_map(c, z),
+                policy: p.parse().ok()?,
+            });
+        }
+        Some(r)
     }
 
     pub fn from_core(r: &Ruleset) -> RulesetRow {
@@ -44,6 +56,13 @@ impl RulesetRow {
             cohort: r.cohort.keys().map(|n| n.as_str().to_string()).collect(),
             zones: r.cohort.values().map(|z| z.0.clone()).collect(),
             policy: r.policy.to_string(),
+            prior: r.prior.as_ref().map(|p| {
+                (
+                    p.cohort.keys().map(|n| n.as_str().to_string()).collect(),
+                    p.cohort.values().map(|z| z.0.clone()).collect(),
+                    p.policy.to_string(),
+                )
+            }),
         }
     }
 }
@@ -71,8 +90,8 @@ pub fn newest_rows(limit: i64) -> Vec<RulesetRow> {
     Spi::connect(|client| {
         let Ok(rows) = client.select(
             &format!(
-                "SELECT version, term, leader, cohort, zones, policy FROM ha.ruleset_history
-                 ORDER BY version DESC LIMIT {limit}"
+                "SELECT version, term, leader, cohort, zones, policy, prior_cohort, prior_zones, prior_policy
+                 FROM ha.ruleset_history ORDER BY version DESC LIMIT {limit}"
             ),
             None,
             &[],
@@ -88,6 +107,14 @@ pub fn newest_rows(limit: i64) -> Vec<RulesetRow> {
                     cohort: row.get::<Vec<String>>(4).ok()??,
                     zones: row.get::<Vec<String>>(5).ok()??,
                     policy: row.get::<String>(6).ok()??,
+                    prior: match (
+                        row.get::<Vec<String>>(7).ok().flatten(),
+                        row.get::<Vec<String>>(8).ok().flatten(),
+                        row.get::<String>(9).ok().flatten(),
+                    ) {
+                        (Some(c), Some(z), Some(p)) => Some((c, z, p)),
+                        _ => None,
+                    },
                 })
             })
             .collect()
@@ -105,8 +132,9 @@ pub fn insert_row(row: &RulesetRow, reason: &str) -> Result<(), pgrx::spi::SpiEr
     Spi::connect_mut(|client| {
         client.update("SET LOCAL synchronous_commit = local", None, &[])?;
         client.update(
-            "INSERT INTO ha.ruleset_history (version, term, leader, cohort, zones, policy, reason)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO ha.ruleset_history
+                (version, term, leader, cohort, zones, policy, reason, prior_cohort, prior_zones, prior_policy)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             None,
             &[
                 row.version.into(),
@@ -116,6 +144,9 @@ pub fn insert_row(row: &RulesetRow, reason: &str) -> Result<(), pgrx::spi::SpiEr
                 row.zones.clone().into(),
                 row.policy.clone().into(),
                 reason.into(),
+                row.prior.as_ref().map(|p| p.0.clone()).into(),
+                row.prior.as_ref().map(|p| p.1.clone()).into(),
+                row.prior.as_ref().map(|p| p.2.clone()).into(),
             ],
         )?;
         Ok(())

@@ -351,15 +351,16 @@ impl Steward {
                     .is_some_and(|t| *t <= newest.term.0)
             })
             .count();
-        // The rules must also hold for what this leader already has (its term's ruleset row, I5/step 7).
+        // The rules must also hold for what this leader already has (its term's ruleset row, I5/step 7):
+        // under the commit rules in force, and under the newest row and its prior membership (a row
+        // built on a change that may not have been acknowledged; found by the model checker).
+        let flushed = self.flushed(local::wal_state().flush_lsn);
         let durable = self
             .rules
             .as_ref()
             .map(|r| {
-                r.commit_gate_lsn(
-                    Lsn(local::wal_state().flush_lsn),
-                    &walsnd::standby_flush_positions(&self.walsenders),
-                )
+                r.durable_lsn(&flushed)
+                    .min(newest.establishment_lsn(&flushed))
             })
             .unwrap_or(Lsn::ZERO);
         if durable < Lsn(self.establish_lsn) {
