@@ -78,16 +78,21 @@ async fn promote_call(
     }
 }
 
-/// When `leader` last answered this agent as an established leader (the poller keeps the last good
-/// answer and its time).
+/// When `leader` last answered this agent as an established leader of a term this node may still
+/// follow (a pledge above its term means this node no longer acknowledges it: for us it is lost).
 fn leader_last_healthy(shared: &Shared, leader: &str) -> Option<Instant> {
+    let pledged = shared.snapshot.read().reply.pledged_term;
     shared
         .peer_views
         .read()
         .values()
         .filter(|v| {
             v.reply.as_ref().is_some_and(|r| {
-                r.node_name == leader && r.role == "leader" && r.established && !r.in_recovery
+                r.node_name == leader
+                    && r.role == "leader"
+                    && r.established
+                    && !r.in_recovery
+                    && r.ruleset_term >= pledged
             })
         })
         .filter_map(|v| v.last_ok)
@@ -108,6 +113,8 @@ pub async fn run(
     let mut backoff_until = Instant::now();
     // The leader we watch and when it was last seen healthy (answering, established).
     let mut watched: Option<(String, Instant)> = None;
+    // Since when pledges above the known term have been seen without a new leader.
+    let mut racing_since: Option<Instant> = None;
     loop {
         let interval = *shared.poll_interval.read();
         tokio::select! {
@@ -185,17 +192,27 @@ pub async fn run(
                         .as_ref()
                         .is_some_and(|r| r.pledged_term > known.term.0)
             });
+        // ...but not forever: an attempt that gathered pledges and then died (its coordinator or
+        // candidate crashed) leaves them behind; after two timeouts, race above them.
         if racing {
+            let since = *racing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < timeout * 2 {
+                log(
+                    &events,
+                    format!(
+                        "coordinator {me}: another coordinator is racing above term {}; watching",
+                        known.term
+                    ),
+                );
+                backoff_until = Instant::now() + timeout;
+                continue;
+            }
             log(
                 &events,
-                format!(
-                    "coordinator {me}: another coordinator is racing above term {}; watching",
-                    known.term
-                ),
+                format!("coordinator {me}: pledges above term {} have produced no leader for {} ms; racing above them", known.term, since.elapsed().as_millis()),
             );
-            backoff_until = Instant::now() + timeout;
-            continue;
         }
+        racing_since = None;
         let kind = AttemptKind::Failover {
             old_leader: NodeId::new(leader.clone()),
         };
@@ -359,6 +376,10 @@ pub async fn attempt(
                         att.discovery().map(|d| d.to_string()).unwrap_or_default()
                     ),
                 );
+                if shared.failpoint.read().as_str() == "coordinator_stall_after_pledges" {
+                    log(events, format!("coordinator {me}: term {term}: failpoint coordinator_stall_after_pledges: stalling 60 s before promoting {node}"));
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
                 let addr = if node.as_str() == me {
                     Some(shared.own_address.clone())
                 } else {

@@ -65,6 +65,8 @@ pub struct Shared {
     /// This agent's detection view, served in Status (`leader_lost`).
     pub leader_lost: AtomicBool,
     pub started: Instant,
+    /// `ha.debug_failpoint` (testing only).
+    pub failpoint: RwLock<String>,
 }
 
 impl Shared {

@@ -56,10 +56,13 @@ fn names() -> Vec<(i32, String)> {
     })
 }
 
-/// Is `lsn` durable under the rules in force? `None` rules (no cluster bootstrapped yet): nothing to
-/// wait for, the fence decides whether writes happen at all.
+/// Is `lsn` durable under the rules in force? No rules on an unmanaged node (no cluster bootstrapped
+/// yet): nothing to wait for. No rules on a managed node (it stopped leading while this commit waited):
+/// never.
 fn durable(lsn: u64) -> bool {
-    let Some(rules) = rules() else { return true };
+    let Some(rules) = rules() else {
+        return !gate_shmem::managed();
+    };
     let standbys = walsnd::standby_flush_positions(&names());
     // The leader's own flush: the commit record is flushed before this callback runs.
     rules.commit_gate_lsn(Lsn(lsn), &standbys) >= Lsn(lsn)

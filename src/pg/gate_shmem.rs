@@ -143,6 +143,9 @@ pub static FENCE_OPEN: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_ha_fen
 pub static DEPOSED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_ha_deposed") };
 /// The highest term this node knows (pledged or led).
 pub static KNOWN_TERM: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_ha_known_term") };
+/// This node belongs to a pg_ha cluster (it pledged, or holds a ruleset row). A managed node with no
+/// published commit rules acknowledges nothing that waits in the gate (it is not the leader).
+pub static MANAGED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_ha_managed") };
 /// The agent's PID, for waking it (SIGUSR1 sets a background worker's latch).
 pub static AGENT_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"pg_ha_agent_pid") };
 
@@ -153,6 +156,7 @@ pub fn init() {
     pg_shmem_init!(FENCE_OPEN = AtomicBool::new(false));
     pg_shmem_init!(DEPOSED = AtomicBool::new(false));
     pg_shmem_init!(KNOWN_TERM = AtomicU64::new(0));
+    pg_shmem_init!(MANAGED = AtomicBool::new(false));
     pg_shmem_init!(AGENT_PID = AtomicI32::new(0));
 }
 
@@ -162,6 +166,17 @@ pub fn fence_open() -> bool {
 
 pub fn set_fence(open: bool) {
     FENCE_OPEN.get().store(open, Ordering::Release);
+}
+
+pub fn managed() -> bool {
+    MANAGED.get().load(Ordering::Acquire)
+}
+
+/// This node learned that it no longer leads the newest term: commits still waiting in the gate
+/// must never be acknowledged.
+pub fn depose() {
+    DEPOSED.get().store(true, Ordering::Release);
+    set_fence(false);
 }
 
 pub fn deposed() -> bool {

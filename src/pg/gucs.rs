@@ -16,6 +16,7 @@ pub static CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static ZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"default"));
 pub static FAILOVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static AUTH_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static DEBUG_FAILPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// While `_PG_init` defines the settings, Postgres applies postgresql.conf values through the check
 /// hooks at WARNING level and silently keeps the default on failure. We want a hard error at start, so
@@ -33,6 +34,8 @@ pub struct AgentSettings {
     pub zone: String,
     pub failover_timeout_ms: u64,
     pub auth_token_file: Option<String>,
+    /// Test-only fault injection (`ha.debug_failpoint`); empty in production.
+    pub failpoint: String,
 }
 
 fn read(s: &GucSetting<Option<CString>>) -> String {
@@ -58,6 +61,7 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         zone: read(&ZONE),
         failover_timeout_ms: FAILOVER_TIMEOUT_MS.get().max(1) as u64,
         auth_token_file: if tf.is_empty() { None } else { Some(tf) },
+        failpoint: read(&DEBUG_FAILPOINT),
     })
 }
 
@@ -205,6 +209,14 @@ pub fn define() {
         c"File holding the shared secret every agent RPC must carry.",
         c"",
         &AUTH_TOKEN_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"ha.debug_failpoint",
+        c"Testing only: stall the agent at a named point of a leadership change.",
+        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence. Empty (the default) in production.",
+        &DEBUG_FAILPOINT,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );

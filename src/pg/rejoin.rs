@@ -32,7 +32,11 @@ if [ "$NEEDS_REWIND" = yes ]; then
   "$BINDIR/psql" -X -q "$SOURCE_CONNINFO" -c CHECKPOINT >> "$PGDATA/pg_ha_rejoin.log" 2>&1
   # pg_rewind copies the source's files wholesale, configuration included, and deletes files the source
   # lacks: keep this node's own configuration files and its pledge file, and put them back afterwards.
-  SAVE=$(mktemp -d "$PGDATA/../pg_ha_rejoin_save.XXXXXX")
+  SAVE=$(mktemp -d "$PGDATA/../pg_ha_rejoin_save.XXXXXX" 2>/dev/null || mktemp -d /tmp/pg_ha_rejoin_save.XXXXXX)
+  if [ -z "$SAVE" ] || [ ! -d "$SAVE" ]; then
+    log "cannot create a directory to keep this node's configuration; not rewinding (server left stopped)"
+    exit 1
+  fi
   for f in "$PGDATA"/*.conf "$PGDATA/pg_ha.pledge.$NODE_NAME"; do
     [ -f "$f" ] && cp -p "$f" "$SAVE/"
   done

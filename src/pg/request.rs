@@ -96,7 +96,8 @@ pub fn submit(kind: Kind, arg: &str) -> Result<String, Refusal> {
     let me = std::process::id() as i32;
     let id = {
         let mut s = SLOT.exclusive();
-        if s.state != IDLE && alive(s.requester) {
+        // DONE: answered; its requester either read it or gave up (cancelled). Both free the slot.
+        if s.state != IDLE && s.state != DONE && alive(s.requester) {
             return Err(Refusal {
                 sqlstate: "55006".into(), // object_in_use
                 message: "another pg_ha cluster change is in progress; retry when it is done"

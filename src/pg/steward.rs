@@ -61,6 +61,8 @@ pub struct Steward {
     /// When the last switchover answered its caller: the deposed primary waits a moment before it
     /// restarts as a follower, so the caller receives the answer.
     pub(crate) answered_at: Option<Instant>,
+    /// `ha.debug_failpoint` (testing only).
+    pub failpoint: String,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
 }
@@ -151,6 +153,7 @@ impl Steward {
             failover_request: None,
             switching: false,
             answered_at: None,
+            failpoint: String::new(),
             peer_terms: BTreeMap::new(),
         }
     }
@@ -185,15 +188,19 @@ impl Steward {
                 .as_ref()
                 .is_some_and(|r| r.leader.as_str() == self.node);
         // A newer leader elsewhere: this node follows it (a standby repoints, a stale primary rejoins).
+        let managed = newest.is_some() || self.pledge.term.0 > 0 || self.pledge.must_relearn;
+        gate_shmem::MANAGED.get().store(managed, Ordering::Release);
         if self.follow_newer_leader(&wal, newest.as_ref(), peers) {
+            // Depose before withdrawing the rules: a commit waiting in the gate must end unanswered.
+            gate_shmem::depose();
             if self.rules.take().is_some() {
                 gate_shmem::publish_rules(None);
             }
-            gate_shmem::set_fence(false);
             return;
         }
         if !leads {
             if self.rules.take().is_some() {
+                gate_shmem::depose();
                 gate_shmem::publish_rules(None);
                 log!("pg_ha: no longer leading; commit rules withdrawn");
             }
@@ -332,10 +339,13 @@ impl Steward {
                     newest.term
                 );
             }
-            gate_shmem::set_fence(false);
+            gate_shmem::depose();
             return;
         }
         if gate_shmem::fence_open() || self.switching {
+            return;
+        }
+        if self.failpoint == "candidate_never_establish" {
             return;
         }
         // A majority of the cohort (this node included) must report no pledge above our term: then no
@@ -667,6 +677,26 @@ impl Steward {
         let next = rules
             .propose(&known, &change)
             .map_err(|e| ("55000", e.to_string()))?;
+        // The members that can acknowledge now (this leader and the caught-up followers) must satisfy
+        // the new ruleset, or every commit would wait until some return.
+        let mut healthy: BTreeSet<NodeId> = known
+            .iter()
+            .filter(|n| {
+                flushed
+                    .get(*n)
+                    .is_some_and(|l| own_flush.saturating_sub(l.0) <= CAUGHT_UP_BYTES)
+            })
+            .cloned()
+            .collect();
+        healthy.insert(NodeId::new(self.node.clone()));
+        if !next.satisfiable_with(&healthy) {
+            return Err(("55000", format!(
+                "the healthy members {{{}}} cannot satisfy policy {} over cohort {{{}}}; commits would wait until more members return",
+                healthy.iter().filter(|n| next.is_member(n)).map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+                next.policy,
+                next.cohort.keys().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
         let row = catalog::RulesetRow::from_core(&next);
         let reason = match &change {
             Change::AddMember { node, .. } => format!("add_member {node}"),

@@ -41,7 +41,15 @@ impl Steward {
                 ..Default::default()
             };
         }
-        self.revoke(req.term);
+        if let Err(e) = self.revoke(req.term) {
+            log!("pg_ha: pledge for term {} not answered: {e}", req.term);
+            return PledgeReply {
+                accepted: false,
+                refusal: e,
+                current_term: self.pledge.term.0,
+                ..Default::default()
+            };
+        }
         let wal = local::wal_state();
         let newest = BackgroundWorker::transaction(catalog::newest_ruleset);
         if fresh {
@@ -70,8 +78,10 @@ impl Steward {
         }
     }
 
-    /// After pledging to `term`: acknowledge nothing more to a leader of a lower term (I2).
-    fn revoke(&mut self, term: u64) {
+    /// After pledging to `term`: acknowledge nothing more to a leader of a lower term (I2), and make the
+    /// report consistent: the catalog (newest ruleset row) is read at the replay position, so replay
+    /// must have reached everything received before the node reports (ruleset, flush) for discovery.
+    fn revoke(&mut self, term: u64) -> Result<(), String> {
         let wal = local::wal_state();
         if !wal.in_recovery {
             let led = self
@@ -81,9 +91,8 @@ impl Steward {
             if led || gate_shmem::fence_open() {
                 log!("pg_ha: deposed by term {term}: fence closed; commits still waiting will not be acknowledged");
             }
-            gate_shmem::DEPOSED.get().store(true, Ordering::Release);
-            gate_shmem::set_fence(false);
-            return;
+            gate_shmem::depose();
+            return Ok(());
         }
         // A standby: stop streaming (and so acknowledging) until a leader of term >= `term` exists.
         let conninfo =
@@ -93,23 +102,65 @@ impl Steward {
             self.following_since = None;
             log!("pg_ha: pledged to term {term}: stopped streaming from the old leader");
         }
-        // The startup process restarts the WAL receiver on the reload; make sure the old one is gone
-        // before answering (bounded: a SIGTERM to it if the reload is slow).
+        // The startup process restarts the WAL receiver without a conninfo on the reload; until then,
+        // signal any receiver that still streams, and do not answer while one does.
         let deadline = Instant::now() + Duration::from_secs(3);
-        let mut signalled = false;
-        while Instant::now() < deadline {
+        let started = Instant::now();
+        loop {
             let rcv = BackgroundWorker::transaction(|| {
                 catalog::select_one::<i32>(
                     "SELECT pid FROM pg_stat_wal_receiver WHERE conninfo IS NOT NULL AND conninfo <> ''",
                 )
             });
             let Some(pid) = rcv else { break };
-            if !signalled && deadline - Instant::now() < Duration::from_millis(2500) {
+            if Instant::now() > deadline {
+                return Err("the WAL receiver still streams from the old leader".into());
+            }
+            if started.elapsed() > Duration::from_millis(200) {
                 // SAFETY: signalling our own server's WAL receiver.
                 unsafe {
                     libc::kill(pid, libc::SIGTERM);
                 }
-                signalled = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Replay everything received, so the reported ruleset row (read at the replay position) and
+        // flush position agree. The received WAL may end in a partial record that never completes, so
+        // "done" is: replay reached the received end, or replay stopped moving while the startup
+        // process is not held by a recovery conflict (then it waits for WAL that will not come).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last: Option<(String, u32)> = None;
+        loop {
+            let (done, replay, conflict) = BackgroundWorker::transaction(|| {
+                (
+                    catalog::select_one::<bool>(
+                        "SELECT pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()",
+                    ),
+                    catalog::select_one::<String>("SELECT pg_last_wal_replay_lsn()::text"),
+                    catalog::select_one::<bool>(
+                        "SELECT coalesce(bool_or(wait_event LIKE 'RecoveryConflict%'), false) FROM pg_stat_activity WHERE backend_type = 'startup'",
+                    ),
+                )
+            });
+            if done != Some(false) {
+                return Ok(());
+            }
+            let replay = replay.unwrap_or_default();
+            let stable = match &mut last {
+                Some((l, n)) if *l == replay => {
+                    *n += 1;
+                    *n
+                }
+                _ => {
+                    last = Some((replay, 0));
+                    0
+                }
+            };
+            if stable >= 5 && conflict != Some(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("replay is held behind the WAL received (a recovery conflict); not reporting a position".into());
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -104,6 +104,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         commands: parking_lot::Mutex::new(cmd_tx),
         leader_lost: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
+        failpoint: RwLock::new(settings.failpoint.clone()),
     });
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Event>();
     let rt = match agent::runtime::build() {
@@ -142,7 +143,14 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
             stop_rx.clone(),
         ),
     );
-    let steward = Steward::new(&settings.node_name, &settings.zone);
+    let mut steward = Steward::new(&settings.node_name, &settings.zone);
+    steward.failpoint = settings.failpoint.clone();
+    if !settings.failpoint.is_empty() {
+        warning!(
+            "pg_ha: ha.debug_failpoint = '{}' (testing only)",
+            settings.failpoint
+        );
+    }
     gate_shmem::AGENT_PID.get().store(
         std::process::id() as i32,
         std::sync::atomic::Ordering::Release,
@@ -246,6 +254,8 @@ impl MainLoop {
                 *self.shared.failover_timeout.write() =
                     Duration::from_millis(s.failover_timeout_ms);
                 *self.shared.token.write() = load_token(&s);
+                *self.shared.failpoint.write() = s.failpoint.clone();
+                self.steward.failpoint = s.failpoint.clone();
                 self.settings = s;
                 log!("pg_ha: configuration reloaded");
             }

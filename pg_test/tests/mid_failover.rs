@@ -1,0 +1,196 @@
+//! Failures in the middle of a leadership change (issue 5), driven with the test-only
+//! `ha.debug_failpoint` setting. Automatic failover is paused so that `ha.failover()` decides who
+//! coordinates.
+
+use pg_test::{count_lost, wait_until, write_load, Cluster, ClusterSpec, Node};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn ha3() -> Cluster {
+    let c = Cluster::start(ClusterSpec {
+        policy: Some("any 1".into()),
+        failover_timeout_ms: Some(1500),
+        ..ClusterSpec::ha(3)
+    })
+    .unwrap();
+    c.node(0)
+        .query_strings("SELECT ha.pause(); CREATE TABLE probe(x int)")
+        .unwrap();
+    c.wait_replayed(c.node(0), T).unwrap();
+    c
+}
+
+fn set_failpoint(n: &Node, fp: &str) {
+    n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))
+        .unwrap();
+    if n.is_running() {
+        n.reload().unwrap();
+        wait_until(T, &format!("{} to use failpoint '{fp}'", n.name()), || {
+            Ok(n.query_value("SHOW ha.debug_failpoint")?.as_deref() == Some(fp))
+        })
+        .unwrap();
+    }
+}
+
+fn wait_leader_lost(n: &Node) {
+    wait_until(T, &format!("{} to see the leader lost", n.name()), || {
+        Ok(n.agent_status().map(|s| s.leader_lost).unwrap_or(false))
+    })
+    .unwrap();
+}
+
+/// `SELECT ha.failover()` on `n` in a thread (it may never answer if `n` is killed meanwhile).
+fn failover_async(n: &Node) {
+    let mut client = n.connect().unwrap();
+    std::thread::spawn(move || {
+        let _ = client.query_one("SELECT ha.failover()", &[]);
+    });
+}
+
+/// Retry `ha.failover()` on `n` until it names a leader.
+fn failover_until_ok(n: &Node) -> String {
+    let mut leader = None;
+    wait_until(
+        T,
+        &format!("ha.failover() on {} to succeed", n.name()),
+        || match n.query_value("SELECT ha.failover()") {
+            Ok(v) => {
+                leader = v;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        },
+    )
+    .unwrap();
+    leader
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn wait_writable(n: &Node) {
+    wait_until(T, &format!("{} to accept writes", n.name()), || {
+        Ok(n.query_strings("INSERT INTO probe VALUES (1)").is_ok())
+    })
+    .unwrap();
+}
+
+fn wait_follower(n: &Node) {
+    wait_until(T, &format!("{} to be a follower", n.name()), || {
+        Ok(n.query_value("SELECT role FROM ha.status WHERE is_self")?
+            .as_deref()
+            == Some("follower"))
+    })
+    .unwrap();
+}
+
+fn assert_one_leader_per_term(leader: &Node) {
+    let dup = leader
+        .query_value(
+            "SELECT count(*) FROM (SELECT term FROM ha.history GROUP BY term HAVING count(DISTINCT leader) > 1) d",
+        )
+        .unwrap();
+    assert_eq!(dup.as_deref(), Some("0"), "I1: two leaders in one term");
+}
+
+/// I3, I1: the coordinator is SIGKILLed after it collected its pledges and before it promoted anyone.
+/// The pledged nodes no longer follow the old leader; once the old leader and the coordinator are back
+/// (as a supervisor would restart them), another coordinator runs a higher term and the cluster
+/// converges on one leader with every acknowledged write.
+#[test]
+fn coordinator_killed_after_pledges_cluster_converges() {
+    let c = ha3();
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    let load = write_load(&c.multi_host_conninfo()).unwrap();
+    load.wait_for_more_acks(50, T).unwrap();
+    set_failpoint(n2, "coordinator_stall_after_pledges");
+    n1.kill9().unwrap();
+    wait_leader_lost(n2);
+    failover_async(n2);
+    wait_until(T, "node2 to have its pledges and stall", || {
+        Ok(n2.log_contains("failpoint coordinator_stall_after_pledges: stalling"))
+    })
+    .unwrap();
+    n2.kill9().unwrap();
+    set_failpoint(n2, "");
+    let _ = n1.start(); // fenced: a majority pledged a higher term
+    n2.start().unwrap();
+    wait_leader_lost(n3);
+    let name = failover_until_ok(n3);
+    let leader = c.node_by_name(&name).unwrap();
+    wait_writable(leader);
+    for n in c.nodes().iter().filter(|n| n.name() != name) {
+        wait_follower(n);
+    }
+    load.wait_for_more_acks(20, T).unwrap();
+    let acked = load.stop();
+    c.wait_replayed(leader, T).unwrap();
+    for n in c.nodes() {
+        let lost = count_lost(n, &acked).unwrap();
+        assert!(
+            lost.is_empty(),
+            "I3: {} acknowledged writes missing on {}",
+            lost.len(),
+            n.name()
+        );
+    }
+    assert_one_leader_per_term(leader);
+}
+
+/// I4, I6: a candidate is promoted but never establishes (its fence never opens), then dies. Another
+/// coordinator promotes someone else under a higher term; the failed candidate, restarted, rejoins as
+/// a follower (rewinding whatever WAL it holds beyond the new leader's history) and never accepted a
+/// write in its term.
+#[test]
+fn promoted_but_never_established_candidate_rejoins() {
+    let c = ha3();
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    for n in [n2, n3] {
+        set_failpoint(n, "candidate_never_establish");
+    }
+    n1.kill9().unwrap();
+    wait_leader_lost(n3);
+    let cand_name = failover_until_ok(n3);
+    let cand = c.node_by_name(&cand_name).unwrap();
+    let other = if cand_name == "node2" { n3 } else { n2 };
+    wait_until(T, "the candidate to be promoted", || {
+        Ok(cand.in_recovery().ok() == Some(false))
+    })
+    .unwrap();
+    assert!(
+        cand.query_strings("INSERT INTO probe VALUES (2)").is_err(),
+        "I6: a promoted candidate that has not established accepted a write"
+    );
+    cand.kill9().unwrap();
+    set_failpoint(other, "");
+    set_failpoint(cand, "");
+    let _ = n1.start();
+    wait_leader_lost(other);
+    let name = failover_until_ok(other);
+    assert_ne!(name, cand_name);
+    let leader = c.node_by_name(&name).unwrap();
+    wait_writable(leader);
+    let _ = cand.start(); // its agent stops it again to rejoin
+    wait_follower(cand);
+    assert!(
+        cand.log_contains("pg_ha: rejoining as a follower of"),
+        "I4: the failed candidate did not go through the rejoin"
+    );
+    if cand.log_contains("pg_rewind first") {
+        assert!(cand.log_contains("pg_ha: rejoin: pg_rewind done"));
+    }
+    for n in c.nodes().iter().filter(|n| n.name() != name) {
+        wait_follower(n);
+    }
+    assert_eq!(
+        leader
+            .query_value("SELECT count(*) FROM probe WHERE x = 2")
+            .unwrap()
+            .as_deref(),
+        Some("0")
+    );
+    assert_one_leader_per_term(leader);
+}
