@@ -194,3 +194,51 @@ fn promoted_but_never_established_candidate_rejoins() {
     );
     assert_one_leader_per_term(leader);
 }
+
+/// I4: when pg_rewind cannot work, the old leader does not serve diverged WAL: it says so in ha.status
+/// (unhealthy, with the reason) and the log, and waits for an operator; with
+/// `ha.reclone_on_rewind_failure = on` it re-clones itself from the new leader with pg_basebackup.
+#[test]
+fn rewind_failure_is_reported_and_reclone_repairs() {
+    let c = ha3();
+    let (n1, n2) = (c.node(0), c.node(1));
+    n1.query_strings("INSERT INTO probe VALUES (7)").unwrap();
+    set_failpoint(n1, "rewind_fails");
+    n1.kill9().unwrap();
+    wait_leader_lost(n2);
+    let name = failover_until_ok(n2);
+    let leader = c.node_by_name(&name).unwrap();
+    wait_writable(leader);
+    let _ = n1.start(); // restarts as a primary of an older term; its agent tries to rejoin
+    wait_until(T, "node1's ha.status to report the failed rewind", || {
+        Ok(n1
+            .query_value("SELECT last_error FROM ha.status WHERE is_self AND NOT healthy")?
+            .is_some_and(|e| e.contains("pg_rewind against") && e.contains("new base backup")))
+    })
+    .unwrap();
+    assert!(n1.log_contains("pg_rewind failed again; this node needs a new base backup"));
+    assert!(
+        n1.in_recovery().unwrap(),
+        "I4: the node that failed to rewind serves as a primary"
+    );
+
+    // The operator allows re-cloning and clears the marker: the agent re-clones node1.
+    n1.append_conf("ha.reclone_on_rewind_failure = on").unwrap();
+    std::fs::remove_file(n1.data_dir().join("pg_ha.rejoin_failed")).unwrap();
+    n1.reload().unwrap();
+    wait_until(T, "node1 to be re-cloned and follow", || {
+        Ok(n1.log_contains("pg_ha: rejoin: re-cloned from")
+            && n1
+                .query_value("SELECT role FROM ha.status WHERE is_self")?
+                .as_deref()
+                == Some("follower"))
+    })
+    .unwrap();
+    c.wait_replayed(leader, T).unwrap();
+    assert_eq!(
+        n1.query_value("SELECT count(*) FROM probe WHERE x = 7")
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+}

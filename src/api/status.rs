@@ -45,6 +45,13 @@ fn status_rows() -> TableIterator<
     let table = *shmem::PEERS.share();
     let agent_alive =
         table.agent_heartbeat_us != 0 && now - table.agent_heartbeat_us < AGENT_STALE_US;
+    // A rejoin that could not rewind: unhealthy until an operator re-clones the node.
+    // SAFETY: DataDir is set for every backend.
+    let data_dir = unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::DataDir) }
+        .to_string_lossy()
+        .into_owned();
+    let rejoin_failed = crate::pg::rejoin::failed(std::path::Path::new(&data_dir));
+    let agent_alive = agent_alive && rejoin_failed.is_none();
     let own_address = gucs::agent_settings()
         .map(|s| s.agent_address.to_string())
         .unwrap_or_default();
@@ -61,7 +68,9 @@ fn status_rows() -> TableIterator<
         Some(now),
         own_address,
         true,
-        if agent_alive {
+        if let Some(why) = rejoin_failed {
+            Some(why)
+        } else if agent_alive {
             None
         } else {
             Some("pg_ha agent is not running".into())

@@ -5,7 +5,7 @@
 use super::steward::Steward;
 use super::{alter_system, catalog, local, rejoin};
 use crate::proto::StatusReply;
-use pg_ha_core::{NodeId, Term};
+use pg_ha_core::Term;
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -22,6 +22,14 @@ impl Steward {
         newest: Option<&pg_ha_core::Ruleset>,
         peers: &[StatusReply],
     ) -> bool {
+        // A rejoin that could not rewind waits for an operator (ha.status says so).
+        if let Some(why) = rejoin::failed(&self.data_dir) {
+            if !self.rejoin_failed_logged {
+                warning!("pg_ha: not following any leader: {why}");
+                self.rejoin_failed_logged = true;
+            }
+            return wal.in_recovery;
+        }
         let my_term = newest.map_or(0, |r| r.term.0);
         // The leader of the newest term among the peers: a primary whose newest row names itself.
         let Some(target) = peers
@@ -131,15 +139,16 @@ impl Steward {
                 "restart only"
             }
         );
-        let _ = NodeId::new(&target.node_name);
-        match rejoin::spawn(
-            &self.data_dir,
-            &self.node,
-            &target.node_name,
-            &target.conninfo,
-            &primary,
-            rewind,
-        ) {
+        match rejoin::spawn(&rejoin::Plan {
+            data_dir: &self.data_dir,
+            node_name: &self.node,
+            source_name: &target.node_name,
+            source_conninfo: &target.conninfo,
+            primary_conninfo: &primary,
+            needs_rewind: rewind,
+            reclone: self.reclone,
+            failpoint: &self.failpoint,
+        }) {
             Ok(pid) => {
                 log!("pg_ha: rejoin helper started (pid {pid}); see pg_ha_rejoin.log in the data directory");
                 self.rejoining = true;

@@ -17,6 +17,7 @@ pub static ZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::ne
 pub static FAILOVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static AUTH_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DEBUG_FAILPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RECLONE_ON_REWIND_FAILURE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// While `_PG_init` defines the settings, Postgres applies postgresql.conf values through the check
 /// hooks at WARNING level and silently keeps the default on failure. We want a hard error at start, so
@@ -36,6 +37,7 @@ pub struct AgentSettings {
     pub auth_token_file: Option<String>,
     /// Test-only fault injection (`ha.debug_failpoint`); empty in production.
     pub failpoint: String,
+    pub reclone_on_rewind_failure: bool,
 }
 
 fn read(s: &GucSetting<Option<CString>>) -> String {
@@ -62,6 +64,7 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         failover_timeout_ms: FAILOVER_TIMEOUT_MS.get().max(1) as u64,
         auth_token_file: if tf.is_empty() { None } else { Some(tf) },
         failpoint: read(&DEBUG_FAILPOINT),
+        reclone_on_rewind_failure: RECLONE_ON_REWIND_FAILURE.get(),
     })
 }
 
@@ -212,10 +215,18 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
+    GucRegistry::define_bool_guc(
+        c"ha.reclone_on_rewind_failure",
+        c"Re-clone this node with pg_basebackup when pg_rewind cannot bring it back as a follower.",
+        c"Off: the node is left stopped-in-recovery with pg_ha.rejoin_failed in its data directory for an operator.",
+        &RECLONE_ON_REWIND_FAILURE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"ha.debug_failpoint",
         c"Testing only: stall the agent at a named point of a leadership change.",
-        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence. Empty (the default) in production.",
+        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence; rewind_fails: the rejoin helper's pg_rewind cannot connect. Empty (the default) in production.",
         &DEBUG_FAILPOINT,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,

@@ -5,7 +5,10 @@
 //! agent spawns a helper in its own session (setsid) that outlives the server: it stops the server
 //! (fast), runs pg_rewind against the new leader, writes the standby configuration, and starts the
 //! server again with the same log file, logging each step to `pg_ha_rejoin.log` in the data directory
-//! (and the server log). Servers run by systemd or Kubernetes set `ha.rejoin_command` later (issue 7).
+//! (and the server log). If pg_rewind cannot work, the helper re-clones the node with pg_basebackup when
+//! `ha.reclone_on_rewind_failure` is on; otherwise it leaves `pg_ha.rejoin_failed` in the data directory
+//! (shown in `ha.status`), starts the server as a standby that streams from nobody, and the agent stops
+//! trying until an operator removes the file. Servers run by systemd or Kubernetes: issue 7.
 
 use pgrx::pg_sys;
 use std::os::unix::process::CommandExt;
@@ -41,20 +44,34 @@ if [ "$NEEDS_REWIND" = yes ]; then
     [ -f "$f" ] && cp -p "$f" "$SAVE/"
   done
   log "running pg_rewind"
-  if ! "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$SOURCE_CONNINFO" >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
+  if [ "$FAILPOINT" = rewind_fails ]; then REWIND_SOURCE="host=127.0.0.1 port=1 connect_timeout=1"; else REWIND_SOURCE="$SOURCE_CONNINFO"; fi
+  if ! "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$REWIND_SOURCE" >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
     # A stopped-by-crash target must first finish recovery once; pg_rewind says so. Do it and retry.
     log "pg_rewind failed; letting the server finish crash recovery once and retrying"
     "$BINDIR/postgres" --single -D "$PGDATA" postgres < /dev/null >> "$PGDATA/pg_ha_rejoin.log" 2>&1
-    if ! "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$SOURCE_CONNINFO" >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
-      log "pg_rewind failed again; this node needs a new base backup (see $PGDATA/pg_ha_rejoin.log)"
-      cp -p "$SAVE"/* "$PGDATA/"
-      touch "$PGDATA/standby.signal"
-      echo "primary_conninfo = ''" >> "$PGDATA/postgresql.auto.conf"
-      "$BINDIR/pg_ctl" -D "$PGDATA" -l "$SERVER_LOG" start >> "$PGDATA/pg_ha_rejoin.log" 2>&1
-      exit 1
+    if ! "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$REWIND_SOURCE" >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
+      if [ "$RECLONE" = yes ]; then
+        log "pg_rewind failed again; re-cloning from $SOURCE_NAME with pg_basebackup (ha.reclone_on_rewind_failure = on)"
+        cp -p "$PGDATA/pg_ha_rejoin.log" "$SAVE/" 2>/dev/null
+        find "$PGDATA" -mindepth 1 -delete
+        if ! "$BINDIR/pg_basebackup" -D "$PGDATA" -d "$SOURCE_CONNINFO" -X stream -c fast >> "$SAVE/pg_ha_rejoin.log" 2>&1; then
+          log "pg_basebackup failed; this node needs an operator (data directory is empty; see $SAVE)"
+          exit 1
+        fi
+        log "re-cloned from $SOURCE_NAME"
+        RECLONED=yes
+      else
+        log "pg_rewind failed again; this node needs a new base backup (see $PGDATA/pg_ha_rejoin.log), or set ha.reclone_on_rewind_failure = on"
+        cp -p "$SAVE"/* "$PGDATA/"
+        echo "pg_rewind against $SOURCE_NAME failed at $(date '+%F %T %Z'); the node needs a new base backup (pg_basebackup) or ha.reclone_on_rewind_failure = on; remove this file afterwards" > "$PGDATA/pg_ha.rejoin_failed"
+        touch "$PGDATA/standby.signal"
+        echo "primary_conninfo = ''" >> "$PGDATA/postgresql.auto.conf"
+        "$BINDIR/pg_ctl" -D "$PGDATA" -l "$SERVER_LOG" start >> "$PGDATA/pg_ha_rejoin.log" 2>&1
+        exit 1
+      fi
     fi
   fi
-  log "pg_rewind done"
+  [ "${RECLONED:-no}" = yes ] || log "pg_rewind done"
   rm -f "$PGDATA"/pg_ha.pledge.*
   cp -p "$SAVE"/* "$PGDATA/"
   rm -rf "$SAVE"
@@ -99,15 +116,33 @@ fn bindir() -> String {
         .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
 }
 
-/// Spawn the helper (detached). `needs_rewind`: the WAL diverged; otherwise only restart as a standby.
-pub fn spawn(
-    data_dir: &Path,
-    node_name: &str,
-    source_name: &str,
-    source_conninfo: &str,
-    primary_conninfo: &str,
-    needs_rewind: bool,
-) -> std::io::Result<u32> {
+/// What the helper is to do.
+pub struct Plan<'a> {
+    pub data_dir: &'a Path,
+    pub node_name: &'a str,
+    pub source_name: &'a str,
+    pub source_conninfo: &'a str,
+    pub primary_conninfo: &'a str,
+    /// The WAL diverged: pg_rewind (otherwise only restart as a standby).
+    pub needs_rewind: bool,
+    /// `ha.reclone_on_rewind_failure`.
+    pub reclone: bool,
+    /// `ha.debug_failpoint` (testing only).
+    pub failpoint: &'a str,
+}
+
+/// Spawn the helper (detached).
+pub fn spawn(p: &Plan<'_>) -> std::io::Result<u32> {
+    let Plan {
+        data_dir,
+        node_name,
+        source_name,
+        source_conninfo,
+        primary_conninfo,
+        needs_rewind,
+        reclone,
+        failpoint,
+    } = *p;
     let mut cmd = Command::new("/bin/bash");
     cmd.arg("-c")
         .arg(SCRIPT)
@@ -122,6 +157,8 @@ pub fn spawn(
             primary_conninfo.replace('\'', "''"),
         )
         .env("NEEDS_REWIND", if needs_rewind { "yes" } else { "no" })
+        .env("RECLONE", if reclone { "yes" } else { "no" })
+        .env("FAILPOINT", failpoint)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -135,4 +172,11 @@ pub fn spawn(
     }
     let child = cmd.spawn()?;
     Ok(child.id())
+}
+
+/// The marker a failed rewind leaves: its text, if present.
+pub fn failed(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join("pg_ha.rejoin_failed"))
+        .ok()
+        .map(|s| s.trim().to_string())
 }

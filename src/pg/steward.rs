@@ -63,6 +63,9 @@ pub struct Steward {
     pub(crate) answered_at: Option<Instant>,
     /// `ha.debug_failpoint` (testing only).
     pub failpoint: String,
+    /// `ha.reclone_on_rewind_failure`.
+    pub reclone: bool,
+    pub(crate) rejoin_failed_logged: bool,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
 }
@@ -154,6 +157,8 @@ impl Steward {
             switching: false,
             answered_at: None,
             failpoint: String::new(),
+            reclone: false,
+            rejoin_failed_logged: false,
             peer_terms: BTreeMap::new(),
         }
     }

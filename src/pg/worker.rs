@@ -145,6 +145,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
     );
     let mut steward = Steward::new(&settings.node_name, &settings.zone);
     steward.failpoint = settings.failpoint.clone();
+    steward.reclone = settings.reclone_on_rewind_failure;
     if !settings.failpoint.is_empty() {
         warning!(
             "pg_ha: ha.debug_failpoint = '{}' (testing only)",
@@ -256,6 +257,7 @@ impl MainLoop {
                 *self.shared.token.write() = load_token(&s);
                 *self.shared.failpoint.write() = s.failpoint.clone();
                 self.steward.failpoint = s.failpoint.clone();
+                self.steward.reclone = s.reclone_on_rewind_failure;
                 self.settings = s;
                 log!("pg_ha: configuration reloaded");
             }
