@@ -17,6 +17,7 @@ pub mod bench;
 mod cluster;
 mod conf;
 mod error;
+pub mod ha;
 mod load;
 mod node;
 mod pgcmd;

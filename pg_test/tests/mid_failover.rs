@@ -2,7 +2,7 @@
 //! `ha.debug_failpoint` setting. Automatic failover is paused so that `ha.failover()` decides who
 //! coordinates.
 
-use pg_test::{count_lost, wait_until, write_load, Cluster, ClusterSpec, Node};
+use pg_test::{count_lost, ha, wait_until, write_load, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -34,10 +34,7 @@ fn set_failpoint(n: &Node, fp: &str) {
 }
 
 fn wait_leader_lost(n: &Node) {
-    wait_until(T, &format!("{} to see the leader lost", n.name()), || {
-        Ok(n.agent_status().map(|s| s.leader_lost).unwrap_or(false))
-    })
-    .unwrap();
+    ha::wait_leader_lost(n, T).unwrap()
 }
 
 /// `SELECT ha.failover()` on `n` in a thread (it may never answer if `n` is killed meanwhile).
@@ -48,52 +45,24 @@ fn failover_async(n: &Node) {
     });
 }
 
-/// Retry `ha.failover()` on `n` until it names a leader.
 fn failover_until_ok(n: &Node) -> String {
-    let mut leader = None;
-    wait_until(
-        T,
-        &format!("ha.failover() on {} to succeed", n.name()),
-        || match n.query_value("SELECT ha.failover()") {
-            Ok(v) => {
-                leader = v;
-                Ok(true)
-            }
-            Err(_) => Ok(false),
-        },
-    )
-    .unwrap();
-    leader
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    ha::failover_until_ok(n, T).unwrap()
 }
 
 fn wait_writable(n: &Node) {
-    wait_until(T, &format!("{} to accept writes", n.name()), || {
-        Ok(n.query_strings("INSERT INTO probe VALUES (1)").is_ok())
-    })
-    .unwrap();
+    ha::wait_writable(n, T).unwrap()
 }
 
 fn wait_follower(n: &Node) {
-    wait_until(T, &format!("{} to be a follower", n.name()), || {
-        Ok(n.query_value("SELECT role FROM ha.status WHERE is_self")?
-            .as_deref()
-            == Some("follower"))
-    })
-    .unwrap();
+    ha::wait_follower(n, T).unwrap()
 }
 
 fn assert_one_leader_per_term(leader: &Node) {
-    let dup = leader
-        .query_value(
-            "SELECT count(*) FROM (SELECT term FROM ha.history GROUP BY term HAVING count(DISTINCT leader) > 1) d",
-        )
-        .unwrap();
-    assert_eq!(dup.as_deref(), Some("0"), "I1: two leaders in one term");
+    assert_eq!(
+        ha::terms_with_two_leaders(leader).unwrap(),
+        0,
+        "I1: two leaders in one term"
+    );
 }
 
 /// I3, I1: the coordinator is SIGKILLed after it collected its pledges and before it promoted anyone.

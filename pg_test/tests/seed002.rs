@@ -2,7 +2,7 @@
 //! write is acknowledged with the new member's help while the older members lag, the leader crashes,
 //! and a coordinator that never saw the membership change runs the failover. The write must survive.
 
-use pg_test::{wait_until, Cluster, ClusterSpec};
+use pg_test::{ha, wait_until, Cluster, ClusterSpec};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -65,23 +65,8 @@ fn write_acknowledged_with_a_new_member_survives_failover_by_a_stale_coordinator
         Some("4"),
         "node3 must not have seen the change"
     );
-    wait_until(T, "node3 to see the leader lost", || {
-        Ok(n3.agent_status().map(|s| s.leader_lost).unwrap_or(false))
-    })
-    .unwrap();
-    let mut leader = None;
-    wait_until(T, "ha.failover() on node3 to succeed", || {
-        match n3.query_value("SELECT ha.failover()") {
-            Ok(v) => {
-                leader = v;
-                Ok(true)
-            }
-            Err(_) => Ok(false),
-        }
-    })
-    .unwrap();
-    let leader = leader.unwrap();
-    let name = leader.split_whitespace().next().unwrap().to_string();
+    ha::wait_leader_lost(n3, T).unwrap();
+    let name = ha::failover_until_ok(n3, T).unwrap();
     let new = c.node_by_name(&name).unwrap();
     assert!(
         n3.log_contains("a recruit holds a newer ruleset (v5); revocation now checked against it"),

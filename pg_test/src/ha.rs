@@ -1,0 +1,72 @@
+//! Conditions about pg_ha itself that integration tests and benchmarks wait for or check: a node
+//! following, a leader accepting writes, the leader seen lost, a forced failover succeeding, one
+//! leader per term. Each waits with a deadline (never a bare sleep).
+
+use crate::error::{err, Result};
+use crate::wait::{wait_until, wait_until_ok};
+use crate::{Cluster, Node};
+use std::time::Duration;
+
+/// Wait until `n` reports itself a follower in `ha.status`.
+pub fn wait_follower(n: &Node, timeout: Duration) -> Result<()> {
+    wait_until(timeout, &format!("{} to be a follower", n.name()), || {
+        Ok(n.query_value("SELECT role FROM ha.status WHERE is_self")?
+            .as_deref()
+            == Some("follower"))
+    })
+}
+
+/// Wait until `n` accepts a write (`INSERT INTO probe VALUES (1)`; the table must exist).
+pub fn wait_writable(n: &Node, timeout: Duration) -> Result<()> {
+    wait_until(timeout, &format!("{} to accept writes", n.name()), || {
+        Ok(n.query_strings("INSERT INTO probe VALUES (1)").is_ok())
+    })
+}
+
+/// Wait until some node other than `not` accepts a write into `probe`; returns it.
+pub fn wait_new_leader<'a>(c: &'a Cluster, not: &str, timeout: Duration) -> Result<&'a Node> {
+    let name = wait_until_ok(
+        timeout,
+        &format!("a leader other than {not} to accept writes"),
+        || {
+            Ok(c.nodes()
+                .iter()
+                .filter(|n| n.name() != not)
+                .find(|n| n.query_strings("INSERT INTO probe VALUES (1)").is_ok())
+                .map(|n| n.name().to_string()))
+        },
+    )?;
+    c.node_by_name(&name)
+        .ok_or_else(|| err(format!("no node {name}")))
+}
+
+/// Wait until `n`'s agent reports that it lost the leader (detection).
+pub fn wait_leader_lost(n: &Node, timeout: Duration) -> Result<()> {
+    wait_until(
+        timeout,
+        &format!("{} to see the leader lost", n.name()),
+        || Ok(n.agent_status().map(|s| s.leader_lost).unwrap_or(false)),
+    )
+}
+
+/// Retry `SELECT ha.failover()` on `n` until it names a leader; returns that name.
+pub fn failover_until_ok(n: &Node, timeout: Duration) -> Result<String> {
+    let answer = wait_until_ok(
+        timeout,
+        &format!("ha.failover() on {} to succeed", n.name()),
+        || Ok(n.query_value("SELECT ha.failover()").ok().flatten()),
+    )?;
+    Ok(answer
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// How many terms of `n`'s `ha.history` name more than one leader (I1 says 0).
+pub fn terms_with_two_leaders(n: &Node) -> Result<i64> {
+    let v = n.query_value(
+        "SELECT count(*) FROM (SELECT term FROM ha.history GROUP BY term HAVING count(DISTINCT leader) > 1) d",
+    )?;
+    Ok(v.and_then(|s| s.parse().ok()).unwrap_or(-1))
+}
