@@ -292,3 +292,35 @@ fn two_coordinators_racing_establish_one_leader() {
         "I1: two leaders in one term"
     );
 }
+
+/// I1: a member whose pledge file is lost does not pledge (it may have promised a term it no longer
+/// remembers) until it has relearned the highest term from a majority of the cohort; then it takes
+/// part in a failover again (with the leader dead, node2 alone is no quorum: node3 must pledge).
+#[test]
+fn lost_pledge_file_is_relearned_before_pledging() {
+    let c = ha3();
+    let (n1, n3) = (c.node(0), c.node(2));
+    n1.query_strings("CREATE TABLE probe(x int)").unwrap();
+    c.wait_replayed(n1, T).unwrap();
+    n3.stop().unwrap();
+    let _ = std::fs::remove_file(n3.data_dir().join("pg_ha.pledge.node3"));
+    n3.start().unwrap();
+    wait_until(T, "node3 to relearn its term", || {
+        Ok(
+            n3.log_contains("pledge file missing although node3 is a cohort member")
+                && n3.log_contains(
+                    "pg_ha: pledge file relearned: highest term on a majority of the cohort",
+                ),
+        )
+    })
+    .unwrap();
+    n1.kill9().unwrap();
+    let new = wait_new_leader(&c, n1.name());
+    assert!(
+        c.nodes()[1..]
+            .iter()
+            .any(|n| n.log_contains("pledge from node3@"))
+            && new.name() != "node1",
+        "node3 pledged after relearning"
+    );
+}

@@ -65,6 +65,10 @@ pub struct Steward {
     pub failpoint: String,
     /// `ha.reclone_on_rewind_failure`.
     pub reclone: bool,
+    /// `ha.failover_timeout`.
+    pub failover_timeout: std::time::Duration,
+    /// Since when the pledge file has been known lost (waiting to relearn the highest term).
+    relearn_since: Option<Instant>,
     pub(crate) rejoin_failed_logged: bool,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
@@ -158,8 +162,51 @@ impl Steward {
             answered_at: None,
             failpoint: String::new(),
             reclone: false,
+            failover_timeout: std::time::Duration::from_secs(2),
+            relearn_since: None,
             rejoin_failed_logged: false,
             peer_terms: BTreeMap::new(),
+        }
+    }
+
+    /// The pledge file was lost: relearn the highest term pledged on a majority of the cohort before
+    /// pledging or following again. Wait two failover timeouts first, so that an attempt this node
+    /// answered before the loss has finished (its term then shows up in the peers' answers).
+    fn relearn(&mut self, newest: Option<&Ruleset>) {
+        let since = *self.relearn_since.get_or_insert_with(Instant::now);
+        let Some(r) = newest else { return };
+        if since.elapsed() < self.failover_timeout * 2 {
+            return;
+        }
+        let answers: Vec<u64> = r
+            .cohort
+            .keys()
+            .filter(|m| m.as_str() != self.node)
+            .filter_map(|m| self.peer_terms.get(m.as_str()).copied())
+            .collect();
+        if (answers.len() + 1) * 2 <= r.n() {
+            return; // not a majority of the cohort yet
+        }
+        let highest = answers
+            .iter()
+            .copied()
+            .chain([
+                r.term.0,
+                gate_shmem::KNOWN_TERM.get().load(Ordering::Acquire),
+            ])
+            .max()
+            .unwrap_or(0);
+        let next = self.pledge.relearn(Term(highest));
+        match self.persist_pledge(next) {
+            Ok(()) => {
+                log!(
+                    "pg_ha: pledge file relearned: highest term on a majority of the cohort ({} of {} answered) is {highest}",
+                    answers.len() + 1,
+                    r.n()
+                );
+                self.relearn_since = None;
+            }
+            Err(e) => warning!("pg_ha: {e}"),
         }
     }
 
@@ -188,6 +235,9 @@ impl Steward {
         }
         let wal = local::wal_state();
         let newest = rows.first().and_then(|r| r.to_core());
+        if self.pledge.must_relearn {
+            self.relearn(newest.as_ref());
+        }
         let leads = !wal.in_recovery
             && newest
                 .as_ref()
