@@ -21,14 +21,25 @@ fn ha3() -> Cluster {
     c
 }
 
+/// The number of times `n`'s agent has reloaded its settings.
+fn agent_reloads(n: &Node) -> usize {
+    n.read_log()
+        .matches("pg_ha: configuration reloaded")
+        .count()
+}
+
+/// Set `ha.debug_failpoint` on `n`; if it runs, wait until its agent has reloaded the setting.
 fn set_failpoint(n: &Node, fp: &str) {
+    let before = agent_reloads(n);
     n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))
         .unwrap();
     if n.is_running() {
         n.reload().unwrap();
-        wait_until(T, &format!("{} to use failpoint '{fp}'", n.name()), || {
-            Ok(n.query_value("SHOW ha.debug_failpoint")?.as_deref() == Some(fp))
-        })
+        wait_until(
+            T,
+            &format!("{}'s agent to use failpoint '{fp}'", n.name()),
+            || Ok(agent_reloads(n) > before),
+        )
         .unwrap();
     }
 }
@@ -192,9 +203,20 @@ fn rewind_failure_is_reported_and_reclone_repairs() {
     );
 
     // The operator allows re-cloning and clears the marker: the agent re-clones node1.
+    // The agent must have the new setting before it sees the marker gone (else it retries without it).
+    let reloads = |n: &Node| {
+        n.read_log()
+            .matches("pg_ha: configuration reloaded")
+            .count()
+    };
+    let before = reloads(n1);
     n1.append_conf("ha.reclone_on_rewind_failure = on").unwrap();
-    std::fs::remove_file(n1.data_dir().join("pg_ha.rejoin_failed")).unwrap();
     n1.reload().unwrap();
+    wait_until(T, "node1's agent to reload its settings", || {
+        Ok(reloads(n1) > before)
+    })
+    .unwrap();
+    std::fs::remove_file(n1.data_dir().join("pg_ha.rejoin_failed")).unwrap();
     wait_until(T, "node1 to be re-cloned and follow", || {
         Ok(n1.log_contains("pg_ha: rejoin: re-cloned from")
             && n1
