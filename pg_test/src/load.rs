@@ -137,7 +137,7 @@ async fn run_load(
                 }
             }
             if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await; // reconnect retry interval
                 continue;
             }
         }
@@ -180,7 +180,7 @@ async fn run_load(
             }
         }
         if !opts.pause.is_zero() {
-            tokio::time::sleep(opts.pause).await;
+            tokio::time::sleep(opts.pause).await; // pacing interval between inserts
         }
     }
 }

@@ -120,7 +120,7 @@ pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Result<Output> {
                 let _ = child.wait();
                 return Err(err(format!("{desc} timed out after {timeout:?}")));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll the child until its deadline
         };
         let output = Output {
             status,
