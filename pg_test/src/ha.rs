@@ -70,3 +70,17 @@ pub fn terms_with_two_leaders(n: &Node) -> Result<i64> {
     )?;
     Ok(v.and_then(|s| s.parse().ok()).unwrap_or(-1))
 }
+
+/// On the leader: add `members` (each retried until it has shown up as a caught-up observer), then
+/// set `policy`. For clusters started with `add_members: false` that keep some nodes as observers.
+pub fn add_members(leader: &Node, members: &[&str], policy: &str, timeout: Duration) -> Result<()> {
+    for m in members {
+        wait_until(timeout, &format!("add_member {m}"), || {
+            Ok(leader
+                .query_strings(&format!("SELECT ha.add_member('{m}')"))
+                .is_ok())
+        })?;
+    }
+    leader.query_strings(&format!("SELECT ha.set_policy('{policy}')"))?;
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Durability and fencing (issue 4) on real clusters. Each test names the invariant it checks.
 
-use pg_test::{wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -248,17 +248,7 @@ fn writes_refused_off_the_established_leader() {
     })
     .unwrap();
     let leader = c.node(0);
-    for m in ["node2", "node3"] {
-        wait_until(T, &format!("add_member {m}"), || {
-            Ok(leader
-                .query_strings(&format!("SELECT ha.add_member('{m}')"))
-                .is_ok())
-        })
-        .unwrap();
-    }
-    leader
-        .query_strings("SELECT ha.set_policy('any 1')")
-        .unwrap();
+    ha::add_members(leader, &["node2", "node3"], "any 1", T).unwrap();
     leader.query_strings("CREATE TABLE t(x int)").unwrap();
     c.wait_replayed(leader, T).unwrap();
     assert_refused(c.node(1), "a follower");

@@ -4,7 +4,7 @@
 //! membership changes write one row each and are in force when the call returns. Each test names the
 //! invariant it checks.
 
-use pg_test::{wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -94,17 +94,7 @@ fn ha4_with_observer() -> Cluster {
     })
     .unwrap();
     let leader = c.node(0);
-    for m in ["node2", "node3"] {
-        wait_until(T, &format!("add_member {m}"), || {
-            Ok(leader
-                .query_strings(&format!("SELECT ha.add_member('{m}')"))
-                .is_ok())
-        })
-        .unwrap();
-    }
-    leader
-        .query_strings("SELECT ha.set_policy('any 1')")
-        .unwrap();
+    ha::add_members(leader, &["node2", "node3"], "any 1", T).unwrap();
     wait_status(leader, "node2", "follower:true");
     wait_status(leader, "node3", "follower:true");
     wait_status(leader, "node4", "observer:false");

@@ -20,15 +20,7 @@ fn write_acknowledged_with_a_new_member_survives_failover_by_a_stale_coordinator
     })
     .unwrap();
     let (n1, n2, n3, n4) = (c.node(0), c.node(1), c.node(2), c.node(3));
-    for m in ["node2", "node3"] {
-        wait_until(T, &format!("add_member {m}"), || {
-            Ok(n1
-                .query_strings(&format!("SELECT ha.add_member('{m}')"))
-                .is_ok())
-        })
-        .unwrap();
-    }
-    n1.query_strings("SELECT ha.set_policy('any 1')").unwrap();
+    ha::add_members(n1, &["node2", "node3"], "any 1", T).unwrap();
     // Only the failover this test runs by hand: no automatic race.
     n1.query_strings("SELECT ha.pause(); CREATE TABLE w(id int)")
         .unwrap();
