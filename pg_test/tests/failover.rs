@@ -185,7 +185,8 @@ fn switchover_refuses_bad_targets() {
         .unwrap();
 }
 
-/// Maintenance mode: with ha.pause(), killing the leader triggers no failover (the followers see the
+/// Maintenance mode (operational; no invariant at stake): with ha.pause(), killing the leader triggers
+/// no failover (the followers see the
 /// leader lost, but no term is raced for three failover timeouts); the leader comes back, ha.resume()
 /// is recorded, and killing it again does trigger a failover.
 #[test]
