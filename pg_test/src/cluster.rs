@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::conf::{self, NodeConf};
 use crate::error::{err, Result};
 use crate::node::Node;
-use crate::pgcmd::{pg_command, run, OsUser};
+use crate::pgcmd::{pg_command, pg_command_in, run, OsUser};
 use crate::ports::free_port;
 use crate::random::random_hex;
 use crate::spec::ClusterSpec;
@@ -25,6 +25,8 @@ pub struct Cluster {
     pub(crate) user: OsUser,
     /// How long [`Cluster::start`] took.
     pub(crate) startup: Duration,
+    /// The hosts' network, when the nodes live in namespaces of their own (dropped after the processes).
+    pub(crate) net: Option<crate::netns::Net>,
 }
 
 impl Cluster {
@@ -48,6 +50,7 @@ impl Cluster {
             nodes: Vec::new(),
             user,
             startup: Duration::ZERO,
+            net: None,
         };
         // From here on, an error drops `cluster`, which tears down whatever was started.
         match cluster.setup() {
@@ -83,17 +86,28 @@ impl Cluster {
         self.user.chown(&self.token_file)?;
         std::fs::set_permissions(&self.token_file, std::fs::Permissions::from_mode(0o600))?;
 
-        // Nodes: ports, directories.
+        if spec.netns {
+            self.net = Some(crate::netns::Net::create(spec.nodes)?);
+        }
+        // Nodes: ports, directories. On hosts of their own every node has the same (default) ports.
         for i in 0..spec.nodes {
-            let host = spec.host(i);
+            let host = match &self.net {
+                Some(net) => net.node_addr(i),
+                None => spec.host(i),
+            };
+            let (pg_port, agent_port) = match &self.net {
+                Some(_) => (5432, 7400),
+                None => (free_port(&host)?, free_port(&host)?),
+            };
             let dir = self.base.join(format!("node{}", i + 1));
             std::fs::create_dir(&dir)?;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
             self.user.chown(&dir)?;
             self.nodes.push(Node {
                 name: format!("node{}", i + 1),
-                pg_port: free_port(&host)?,
-                agent_port: free_port(&host)?,
+                pg_port,
+                agent_port,
+                netns: self.net.as_ref().map(|net| net.node_ns(i)),
                 host,
                 zone: spec.zone(i),
                 data_dir: dir.join("data"),
@@ -105,9 +119,14 @@ impl Cluster {
             });
         }
         let peers = self.agent_addrs().join(",");
-        let mut cidrs: Vec<String> = (0..spec.nodes)
-            .map(|i| format!("{}/32", spec.host(i)))
+        let mut cidrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}/32", n.host))
             .collect();
+        if let Some(net) = &self.net {
+            cidrs.push(format!("{}/32", net.client_addr()));
+        }
         cidrs.sort();
         cidrs.dedup();
 
@@ -189,7 +208,12 @@ impl Cluster {
     fn clone_standby(&self, i: usize) -> Result<()> {
         let n1 = &self.nodes[0];
         let node = &self.nodes[i];
-        let mut bb = pg_command(&self.user, "pg_basebackup", &node.dir);
+        let mut bb = pg_command_in(
+            &self.user,
+            "pg_basebackup",
+            &node.dir,
+            node.netns.as_deref(),
+        );
         bb.arg("-D")
             .arg(&node.data_dir)
             .args([
@@ -294,6 +318,16 @@ impl Cluster {
             ports.join(",")
         )
     }
+    /// The hosts' network ([`ClusterSpec::netns`]), through which links are cut.
+    pub fn net(&self) -> Option<&crate::netns::Net> {
+        self.net.as_ref()
+    }
+
+    /// The namespace clients run in, when the nodes live on hosts of their own.
+    pub fn client_netns(&self) -> Option<String> {
+        self.net.as_ref().map(|n| n.client_ns())
+    }
+
     /// The running nodes that are not in recovery (normally one).
     pub fn primaries(&self) -> Vec<&Node> {
         self.nodes

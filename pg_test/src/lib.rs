@@ -14,11 +14,14 @@
 
 pub mod agent;
 pub mod bench;
+pub mod checker;
 mod cluster;
 mod conf;
 mod error;
 pub mod ha;
 mod load;
+pub mod nemesis;
+pub mod netns;
 mod node;
 mod pgcmd;
 mod ports;
@@ -32,6 +35,7 @@ pub use agent::{agent_status, agent_status_async, pb, StatusReply};
 pub use cluster::Cluster;
 pub use error::{Error, Result};
 pub use load::{count_lost, write_load, write_load_with, Ack, LoadOptions, LoadReport, WriteLoad};
+pub use nemesis::Nemesis;
 pub use node::Node;
 pub use ports::free_port;
 pub use random::random_hex;

@@ -20,8 +20,14 @@ use crate::wait::wait_until;
 #[derive(Clone, Debug)]
 pub struct Ack {
     pub id: i64,
+    /// When the INSERT was sent.
+    pub sent: Instant,
     /// When the acknowledgement arrived.
     pub at: Instant,
+    /// With [`LoadOptions::record_term`]: the acknowledging node's `ha.node_name` and the term it reported
+    /// (`ha.status`) while running the INSERT.
+    pub node: Option<String>,
+    pub term: Option<i64>,
     /// `inet_server_port()` of the server that acknowledged it.
     pub server_port: Option<u16>,
 }
@@ -63,6 +69,11 @@ pub struct LoadOptions {
     pub statement_timeout: Duration,
     /// Pause between two INSERTs (keeps a 2-core machine usable); zero for as fast as possible.
     pub pause: Duration,
+    /// Run the clients inside this network namespace (a cluster's [`crate::Cluster::client_netns`]).
+    pub netns: Option<String>,
+    /// Record which node and term acknowledged each write (`INSERT ... RETURNING` from `ha.status`; needs
+    /// pg_ha).
+    pub record_term: bool,
 }
 
 impl Default for LoadOptions {
@@ -70,6 +81,8 @@ impl Default for LoadOptions {
         LoadOptions {
             statement_timeout: Duration::from_secs(5),
             pause: Duration::from_millis(2),
+            netns: None,
+            record_term: false,
         }
     }
 }
@@ -81,30 +94,57 @@ pub fn write_load(conninfo: &str) -> Result<WriteLoad> {
 
 /// Starts a write load on `conninfo`.
 pub fn write_load_with(conninfo: &str, opts: LoadOptions) -> Result<WriteLoad> {
-    let mut client = postgres::Client::connect(conninfo, postgres::NoTls)
-        .map_err(|e| err(format!("write_load: connect {conninfo}: {e}")))?;
-    client.batch_execute("CREATE TABLE IF NOT EXISTS load(id bigint primary key)")?;
-    let first_id: i64 = client
-        .query_one("SELECT coalesce(max(id), 0) + 1 FROM load", &[])?
-        .get(0);
-    drop(client);
     let stop = Arc::new(AtomicBool::new(false));
     let report = Arc::new(Mutex::new(LoadReport::default()));
     let (stop2, report2, conninfo) = (stop.clone(), report.clone(), conninfo.to_string());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<i64>>();
     let handle = std::thread::Builder::new()
         .name("pg_test-write-load".into())
         .spawn(move || {
+            // The namespace first: every socket this thread opens from now on is a client's.
+            let first_id = opts
+                .netns
+                .as_deref()
+                .map_or(Ok(()), crate::netns::enter)
+                .and_then(|()| prepare(&conninfo));
+            let first_id = match first_id {
+                Ok(id) => {
+                    let _ = ready_tx.send(Ok(id));
+                    id
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
             rt.block_on(run_load(conninfo, opts, first_id, stop2, report2));
         })?;
+    let first = ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(err("write_load thread died")));
+    if let Err(e) = first {
+        let _ = handle.join();
+        return Err(e);
+    }
     Ok(WriteLoad {
         stop,
         report,
         handle: Some(handle),
     })
+}
+
+/// Creates the table; returns the first id to use.
+fn prepare(conninfo: &str) -> Result<i64> {
+    let mut client = postgres::Client::connect(conninfo, postgres::NoTls)
+        .map_err(|e| err(format!("write_load: connect {conninfo}: {e}")))?;
+    client.batch_execute("CREATE TABLE IF NOT EXISTS load(id bigint primary key)")?;
+    Ok(client
+        .query_one("SELECT coalesce(max(id), 0) + 1 FROM load", &[])?
+        .get(0))
 }
 
 async fn run_load(
@@ -121,7 +161,10 @@ async fn run_load(
     let mut conn: Option<(tokio_postgres::Client, Option<u16>)> = None;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            match tokio::time::timeout(opts.statement_timeout, connect(&conninfo)).await {
+            let all_hosts = PER_HOST_CONNECT * per_host(&conninfo).len() as u32;
+            match tokio::time::timeout(opts.statement_timeout.max(all_hosts), connect(&conninfo))
+                .await
+            {
                 Ok(Ok(c)) => conn = Some(c),
                 Ok(Err(e)) => {
                     record(&mut |r| {
@@ -146,15 +189,35 @@ async fn run_load(
         let id = next_id;
         next_id += 1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-        let insert = client.execute("INSERT INTO load(id) VALUES ($1)", &params);
+        let sql = if opts.record_term {
+            "INSERT INTO load(id) VALUES ($1) RETURNING current_setting('ha.node_name'), \
+             (SELECT term FROM ha.status WHERE is_self)"
+        } else {
+            "INSERT INTO load(id) VALUES ($1)"
+        };
+        let sent = Instant::now();
+        let insert = client.query(sql, &params);
         match tokio::time::timeout(opts.statement_timeout, insert).await {
-            Ok(Ok(_)) => record(&mut |r| {
-                r.acks.push(Ack {
-                    id,
-                    at: Instant::now(),
-                    server_port: port,
+            Ok(Ok(rows)) => {
+                let at = Instant::now();
+                let (node, term) = match rows.first() {
+                    Some(row) if opts.record_term => (
+                        row.try_get::<_, String>(0).ok(),
+                        row.try_get::<_, i64>(1).ok(),
+                    ),
+                    _ => (None, None),
+                };
+                record(&mut |r| {
+                    r.acks.push(Ack {
+                        id,
+                        sent,
+                        at,
+                        node: node.clone(),
+                        term,
+                        server_port: port,
+                    })
                 })
-            }),
+            }
             Ok(Err(e)) => {
                 let refused = e.as_db_error().is_some();
                 let msg = e
@@ -185,8 +248,51 @@ async fn run_load(
     }
 }
 
-/// Connects, runs the connection task, and learns which server it reached.
+/// How long one host of a multi-host conninfo may take to answer a connection attempt.
+const PER_HOST_CONNECT: Duration = Duration::from_millis(1500);
+
+/// A multi-host conninfo (`host=a,b port=1,2 rest...`) split into one single-host conninfo per host, in
+/// order; a single-host one as it is.
+pub(crate) fn per_host(conninfo: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    let mut ports: Vec<String> = Vec::new();
+    let mut rest: Vec<&str> = Vec::new();
+    for kv in conninfo.split_whitespace() {
+        match kv.split_once('=') {
+            Some(("host", v)) => hosts = v.split(',').map(str::to_string).collect(),
+            Some(("port", v)) => ports = v.split(',').map(str::to_string).collect(),
+            _ => rest.push(kv),
+        }
+    }
+    if hosts.len() <= 1 {
+        return vec![conninfo.to_string()];
+    }
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let p = ports.get(i).or(ports.first()).cloned().unwrap_or_default();
+            format!("host={h} port={p} {}", rest.join(" "))
+        })
+        .collect()
+}
+
+/// Connects, runs the connection task, and learns which server it reached. Each host of a multi-host
+/// conninfo gets its own deadline, as libpq's `connect_timeout` does (tokio-postgres' covers only the TCP
+/// connect, so a frozen server that accepts the connection would otherwise hold the load forever).
 async fn connect(conninfo: &str) -> Result<(tokio_postgres::Client, Option<u16>), String> {
+    let mut last = String::from("no host");
+    for one in per_host(conninfo) {
+        match tokio::time::timeout(PER_HOST_CONNECT, connect_one(&one)).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("{one}: timed out"),
+        }
+    }
+    Err(last)
+}
+
+async fn connect_one(conninfo: &str) -> Result<(tokio_postgres::Client, Option<u16>), String> {
     let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
         .await
         .map_err(|e| e.to_string())?;
@@ -291,4 +397,22 @@ pub fn count_lost(node: &Node, acked: &[i64]) -> Result<Vec<i64>> {
         .collect();
     lost.sort_unstable();
     Ok(lost)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn multi_host_conninfo_splits_into_one_per_host() {
+        let v = super::per_host(
+            "host=10.0.0.1,10.0.0.2 port=5432,5433 user=postgres target_session_attrs=read-write",
+        );
+        assert_eq!(
+            v,
+            vec![
+                "host=10.0.0.1 port=5432 user=postgres target_session_attrs=read-write",
+                "host=10.0.0.2 port=5433 user=postgres target_session_attrs=read-write"
+            ]
+        );
+        assert_eq!(super::per_host("host=a port=1"), vec!["host=a port=1"]);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::conf;
 use crate::error::{err, Result};
-use crate::pgcmd::{pg_command, run, OsUser};
+use crate::pgcmd::{pg_command_in, run, OsUser};
 use crate::procs::{cmdline, descendants, pid_alive, signal, wait_gone};
 use crate::wait::wait_until;
 
@@ -26,6 +26,8 @@ pub struct Node {
     pub(crate) log_path: PathBuf,
     pub(crate) user: OsUser,
     pub(crate) token: String,
+    /// The network namespace this node's processes run in (`ClusterSpec::netns`), if any.
+    pub(crate) netns: Option<String>,
     /// Every postmaster PID seen for this node, so teardown can kill them by PID.
     pub(crate) seen_pids: Mutex<Vec<i32>>,
 }
@@ -77,10 +79,16 @@ impl Node {
     }
 
     /// A new connection as `user` (a role with LOGIN; the harness' pg_hba.conf trusts every user on the
-    /// cluster's addresses) to database postgres over TCP.
+    /// cluster's addresses) to database postgres over TCP; for a node on a host of its own (network
+    /// namespace), over its unix socket instead: the harness' out-of-band path, which no partition cuts.
     pub fn connect_as(&self, user: &str) -> Result<postgres::Client> {
-        let client = postgres::Config::new()
-            .host(&self.host)
+        let mut config = postgres::Config::new();
+        if self.netns.is_some() {
+            config.host_path(&self.dir);
+        } else {
+            config.host(&self.host);
+        }
+        let client = config
             .port(self.pg_port)
             .user(user)
             .dbname("postgres")
@@ -130,9 +138,19 @@ impl Node {
         Ok(self.query_value("SELECT pg_is_in_recovery()")?.as_deref() == Some("t"))
     }
 
-    /// Whether a TCP connection to the Postgres port succeeds now.
+    /// Whether a TCP connection to the Postgres port succeeds now (for a node in a namespace: its unix
+    /// socket).
     pub fn port_open(&self) -> bool {
+        if self.netns.is_some() {
+            let sock = self.dir.join(format!(".s.PGSQL.{}", self.pg_port));
+            return std::os::unix::net::UnixStream::connect(sock).is_ok();
+        }
         port_open(&self.host, self.pg_port)
+    }
+
+    /// The network namespace of this node's host, if it has one of its own.
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
     }
 
     /// Whether the node answers `SELECT 1` now.
@@ -315,7 +333,7 @@ impl Node {
 
     /// Runs `pg_ctl -D DATA ARGS` as the postgres account.
     pub fn pg_ctl(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = pg_command(&self.user, "pg_ctl", &self.dir);
+        let mut cmd = pg_command_in(&self.user, "pg_ctl", &self.dir, self.netns.as_deref());
         cmd.arg("-D").arg(&self.data_dir).args(args);
         let out = run(cmd, LIFECYCLE_TIMEOUT + Duration::from_secs(10))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -356,7 +374,17 @@ impl Node {
     /// The agent's `Status` RPC with the cluster's token.
     #[allow(clippy::result_large_err)]
     pub fn agent_status(&self) -> Result<crate::StatusReply, tonic::Status> {
-        crate::agent_status(&self.agent_addr(), Some(&self.token))
+        let Some(ns) = &self.netns else {
+            return crate::agent_status(&self.agent_addr(), Some(&self.token));
+        };
+        // From inside the node's own namespace: no cut separates a host from itself.
+        let (addr, token) = (self.agent_addr(), self.token.clone());
+        let mut out = None;
+        let _ = crate::netns::in_netns(ns, || {
+            out = Some(crate::agent_status(&addr, Some(&token)));
+            Ok(())
+        });
+        out.unwrap_or_else(|| Err(tonic::Status::internal(format!("cannot enter {ns}"))))
     }
 }
 

@@ -76,17 +76,56 @@ pub(crate) fn bindir() -> PathBuf {
 
 /// A command for Postgres program `prog` that runs as `user`, in `cwd`, with a clean libpq environment.
 pub(crate) fn pg_command(user: &OsUser, prog: &str, cwd: &Path) -> Command {
+    pg_command_in(user, prog, cwd, None)
+}
+
+/// [`pg_command`] inside network namespace `netns` (a test host), when given.
+pub(crate) fn pg_command_in(user: &OsUser, prog: &str, cwd: &Path, netns: Option<&str>) -> Command {
     let mut cmd = Command::new(bindir().join(prog));
     cmd.current_dir(cwd)
         .stdin(Stdio::null())
         .env("HOME", &user.home)
         .env("LC_ALL", "C.UTF-8")
         .env("TZ", "UTC");
-    if user.name != "self" {
-        cmd.uid(user.uid)
-            .gid(user.gid)
-            .env("USER", &user.name)
-            .env("LOGNAME", &user.name);
+    let ns_fd = netns.map(|ns| crate::netns::open_ns(ns).map(std::os::fd::OwnedFd::from));
+    match ns_fd {
+        Some(fd) => {
+            // setns needs root, so it must come before dropping to `user`; std's uid()/gid() happen before
+            // pre_exec closures, hence the switch by hand. An open error surfaces as the spawn error.
+            let (uid, gid, switch) = (user.uid, user.gid, user.name != "self");
+            let fd = fd.map_err(|e| e.to_string());
+            // SAFETY: the closure runs in the forked child before exec and only makes raw syscalls.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use std::os::fd::AsRawFd;
+                    let Ok(fd) = fd.as_ref() else {
+                        return Err(std::io::Error::from_raw_os_error(libc::ENOENT));
+                    };
+                    if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if switch
+                        && (libc::setgroups(1, &gid) != 0
+                            || libc::setgid(gid) != 0
+                            || libc::setuid(uid) != 0)
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            if switch {
+                cmd.env("USER", &user.name).env("LOGNAME", &user.name);
+            }
+        }
+        None => {
+            if user.name != "self" {
+                cmd.uid(user.uid)
+                    .gid(user.gid)
+                    .env("USER", &user.name)
+                    .env("LOGNAME", &user.name);
+            }
+        }
     }
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("PG") {

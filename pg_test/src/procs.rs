@@ -116,6 +116,29 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Live processes with environment entry `entry` (e.g. `PGDATA=/tmp/...`) or, when `prefix` is true, one
+/// that starts with it: pg_ha's rejoin helper, whose command line does not name its data directory.
+pub fn pids_with_env(entry: &str, prefix: bool) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    all_pids()
+        .into_iter()
+        .filter(|&p| p != me)
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|b| {
+                b.split(|&c| c == 0).any(|e| {
+                    let e = String::from_utf8_lossy(e);
+                    if prefix {
+                        e.starts_with(entry)
+                    } else {
+                        e == entry
+                    }
+                })
+            })
+        })
+        .filter(|&p| pid_alive(p))
+        .collect()
+}
+
 /// Sends `sig` to `pid` if it is alive; Ok if it is gone already.
 pub fn signal(pid: i32, sig: i32) -> Result<()> {
     if !pid_alive(pid) {

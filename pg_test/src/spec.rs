@@ -26,6 +26,10 @@ pub struct ClusterSpec {
     /// Host address of each node (listen address, conninfo, agent address); missing entries are 127.0.0.1.
     /// Kept per node so nodes can later live on their own addresses (network namespaces).
     pub hosts: Vec<String>,
+    /// Put every node on a host of its own: a network namespace with its own address, joined to the others
+    /// through a bridge, plus a namespace for the clients ([`crate::netns`]); needs root. Links can then be
+    /// cut ([`crate::nemesis`]). `hosts` is ignored (the addresses are 10.77.0.N).
+    pub netns: bool,
     /// `fsync = off`: much faster on a shared machine and safe for process kills (the OS page cache
     /// survives them); only an OS crash would lose data. Synchronous replication waits are not affected.
     pub fsync_off: bool,
@@ -49,6 +53,7 @@ impl Default for ClusterSpec {
             failover_timeout_ms: None,
             extra_conf: Vec::new(),
             hosts: Vec::new(),
+            netns: false,
             fsync_off: true,
             start_standbys: true,
             setup_timeout_secs: 60,

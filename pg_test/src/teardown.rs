@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::cluster::Cluster;
-use crate::procs::{cmdline, descendants, pid_alive, pids_with_cmdline, signal};
+use crate::procs::{cmdline, descendants, pid_alive, pids_with_cmdline, pids_with_env, signal};
 use crate::wait::wait_until;
 
 impl Cluster {
@@ -28,7 +28,11 @@ impl Cluster {
                     .filter(|&p| pid_alive(p) && cmdline(p).contains(&base)),
             );
         }
-        for p in pids_with_cmdline(&base) {
+        // pg_ha's rejoin helper (a shell in a session of its own) names its data directory only in its
+        // environment.
+        let mut strays = pids_with_cmdline(&base);
+        strays.extend(pids_with_env(&format!("PGDATA={base}"), true));
+        for p in strays {
             if !roots.contains(&p) {
                 roots.push(p);
             }

@@ -280,7 +280,31 @@ impl Steward {
         }
         self.refresh_walsenders();
         self.advance(wal.flush_lsn);
+        self.check_quorum(&newest, peers);
         self.maybe_establish(&newest);
+    }
+
+    /// Check-quorum: a leader that has not heard from a majority of its cohort (itself included) within
+    /// a failover timeout may already have been replaced by the others. Its commits cannot be
+    /// acknowledged anyway (the gate), but clients would keep writing into a node that only makes them
+    /// wait: close the fence, so new sessions are read-only and `target_session_attrs=read-write` moves
+    /// on. The fence reopens only through establishment (a majority again reporting no higher term).
+    fn check_quorum(&mut self, newest: &Ruleset, peers: &[crate::proto::StatusReply]) {
+        let n = newest.cohort.len();
+        let heard = 1 + newest
+            .cohort
+            .keys()
+            .filter(|m| m.as_str() != self.node)
+            .filter(|m| peers.iter().any(|p| p.node_name == m.as_str()))
+            .count();
+        if n > 1 && heard * 2 <= n && gate_shmem::fence_open() {
+            gate_shmem::set_fence(false);
+            log!(
+                "pg_ha: fence closed: this leader of term {} has heard from only {heard} of {n} cohort members (itself included) within {} ms; a majority may have chosen another leader, so writes are refused until a majority answers again",
+                newest.term,
+                self.failover_timeout.as_millis()
+            );
+        }
     }
 
     /// Become the keeper of the rules after a start or promotion: the row before the newest is in force,
