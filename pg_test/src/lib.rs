@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod campaign;
 pub mod checker;
 mod cluster;
 mod conf;
