@@ -1,11 +1,11 @@
 //! The checker of a fault campaign: after the faults, bring the cluster to one history, then count what the
 //! write load's acknowledgements and every node's final state say about the invariants.
 //!
-//! - I2: an acknowledged write missing from the converged leader is lost.
+//! - I3: an acknowledged write missing from the converged leader is lost.
 //! - I4: a write present on a follower but not on the leader, once everything has replayed, is a divergent
 //!   history nobody rewound.
 //! - I1: a term with two leaders in `ha.history`, or writes acknowledged by two nodes under one term.
-//! - I1/I2 in time: a write acknowledged under term T after (in real time: its INSERT was sent after the
+//! - I2 in time: a write acknowledged under term T after (in real time: its INSERT was sent after the
 //!   acknowledgement of) a write under a term above T means an old leader still accepted writes when a newer
 //!   one already had: two nodes accepting writes in overlapping terms.
 
@@ -27,7 +27,7 @@ pub struct CheckReport {
     pub acked: usize,
     pub uncertain: usize,
     pub refused: usize,
-    /// I2: acknowledged ids missing on the leader.
+    /// I3: acknowledged ids missing on the leader.
     pub lost: Vec<i64>,
     /// I4: per follower, ids it has that the leader lacks.
     pub divergent: BTreeMap<String, Vec<i64>>,
@@ -37,7 +37,7 @@ pub struct CheckReport {
     pub ack_two_nodes: BTreeMap<i64, BTreeSet<String>>,
     /// I1: acknowledgements by a node `ha.history` does not name leader of that term.
     pub ack_not_history_leader: Vec<String>,
-    /// I1/I2 in time: examples of an older term acknowledging after a newer one had.
+    /// I2 in time: examples of an older term acknowledging after a newer one had.
     pub overlaps: Vec<String>,
     pub overlap_count: usize,
     /// Distinct terms that acknowledged writes.
@@ -83,7 +83,7 @@ impl CheckReport {
         let mut s = String::new();
         if !self.lost.is_empty() {
             s.push_str(&format!(
-                "I2 lost acknowledged ids: {:?}\n",
+                "I3 lost acknowledged ids: {:?}\n",
                 head(&self.lost)
             ));
         }
@@ -106,7 +106,7 @@ impl CheckReport {
             s.push_str(&format!("I1 {x}\n"));
         }
         for x in &self.overlaps {
-            s.push_str(&format!("I1/I2 overlap: {x}\n"));
+            s.push_str(&format!("I2 overlap: {x}\n"));
         }
         s
     }

@@ -1,5 +1,5 @@
 //! The short fault campaign CI runs (issue 6): a fixed seed, so a failure replays with
-//! `cargo run -p pg_test --bin campaign -- --seed 6 --faults 12`. Checks I1, I2 and I4 on the final state
+//! `cargo run -p pg_test --bin campaign -- --seed 6 --faults 12`. Checks I1, I2, I3 and I4 on the final state
 //! ([`pg_test::checker`]). The long soak is the `campaign` binary (README).
 
 #[test]
@@ -18,7 +18,7 @@ fn short_campaign_loses_nothing_and_keeps_one_leader_per_term() {
     eprintln!("{}\nfault mix {:?}", out.summary, out.mix);
     assert!(
         out.check.ok(),
-        "I1/I2/I4: {}\n{}",
+        "I1-I4: {}\n{}",
         out.summary,
         out.check.details()
     );

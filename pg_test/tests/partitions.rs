@@ -43,7 +43,7 @@ fn load(c: &Cluster) -> WriteLoad {
     l
 }
 
-/// Heal, converge, and check every invariant on the final state (I1, I2, I4).
+/// Heal, converge, and check the invariants on the final state (I1, I2, I3, I4: see `pg_test::checker`).
 fn heal_and_check(c: &Cluster, nem: &Nemesis, load: WriteLoad) {
     load.wait_for_more_acks(20, T).unwrap();
     let report = load.stop_report();
@@ -69,7 +69,11 @@ fn insert_in_background(c: &Cluster, i: usize) -> std::sync::mpsc::Receiver<Resu
 
 /// I2: a leader cut off from its followers, while clients still reach it, acknowledges no commit sent
 /// after the cut, and another node becomes leader within seconds; after healing the old leader rejoins and
-/// the cluster converges on one history (I4) with nothing acknowledged lost.
+/// the cluster converges on one history (I4) with nothing acknowledged lost (I3).
+///
+/// Regression (found by this test): the isolated leader kept taking read-write sessions, so clients
+/// stayed on it, waiting forever; now it closes its fence when the members it cannot hear could elect
+/// without it (check-quorum).
 #[test]
 fn isolated_leader_stops_acknowledging_and_is_replaced() {
     if !pg_test::netns::available_or_skip("isolated_leader_stops_acknowledging_and_is_replaced") {
@@ -115,7 +119,7 @@ fn isolated_leader_stops_acknowledging_and_is_replaced() {
 
 /// Spurious failovers are bugs (protocol.md, detection): a follower cut off from the leader alone, while
 /// the other follower still sees the leader, notices the leader lost but does not race, and the leader
-/// keeps its term and keeps acknowledging writes. Then I1, I2, I4 on the healed cluster.
+/// keeps its term and keeps acknowledging writes. Then I1-I4 on the healed cluster.
 #[test]
 fn follower_cut_from_leader_only_does_not_fail_over() {
     if !pg_test::netns::available_or_skip("follower_cut_from_leader_only_does_not_fail_over") {
@@ -210,7 +214,7 @@ fn frozen_leader_is_replaced_and_acknowledges_nothing_after_resuming() {
     heal_and_check(&c, &nem, load);
 }
 
-/// I1, I2, I4 under one-way cuts: the leader cannot reach a follower while the follower still reaches the
+/// I1-I4 under one-way cuts: the leader cannot reach a follower while the follower still reaches the
 /// leader, then the other way round; nothing acknowledged is lost and the healed cluster has one history.
 #[test]
 fn one_way_cuts_lose_nothing_and_converge() {

@@ -284,24 +284,31 @@ impl Steward {
         self.maybe_establish(&newest);
     }
 
-    /// Check-quorum: a leader that has not heard from a majority of its cohort (itself included) within
-    /// a failover timeout may already have been replaced by the others. Its commits cannot be
-    /// acknowledged anyway (the gate), but clients would keep writing into a node that only makes them
-    /// wait: close the fence, so new sessions are read-only and `target_session_attrs=read-write` moves
-    /// on. The fence reopens only through establishment (a majority again reporting no higher term).
+    /// Check-quorum: a leader whose unheard members (no answer within a failover timeout) could elect a
+    /// leader without it may already have been replaced. Its commits cannot be acknowledged anyway (the
+    /// gate), but clients would keep writing into a node that only makes them wait: close the fence, so
+    /// new sessions are read-only and `target_session_attrs=read-write` moves on. The fence reopens only
+    /// through establishment (a majority again reporting no higher term).
     fn check_quorum(&mut self, newest: &Ruleset, peers: &[crate::proto::StatusReply]) {
-        let n = newest.cohort.len();
-        let heard = 1 + newest
-            .cohort
-            .keys()
-            .filter(|m| m.as_str() != self.node)
-            .filter(|m| peers.iter().any(|p| p.node_name == m.as_str()))
-            .count();
-        if n > 1 && heard * 2 <= n && gate_shmem::fence_open() {
+        let heard: BTreeSet<NodeId> = peers
+            .iter()
+            .map(|p| NodeId::new(p.node_name.clone()))
+            .collect();
+        if gate_shmem::fence_open() && pg_ha_core::leader_may_be_replaced(newest, &heard) {
             gate_shmem::set_fence(false);
+            // Re-establishment must hear from them again (not reuse an answer from before the silence).
+            self.peer_terms
+                .retain(|m, _| heard.contains(&NodeId::new(m.clone())));
             log!(
-                "pg_ha: fence closed: this leader of term {} has heard from only {heard} of {n} cohort members (itself included) within {} ms; a majority may have chosen another leader, so writes are refused until a majority answers again",
+                "pg_ha: fence closed: this leader of term {} has not heard from [{}] within {} ms, enough to elect another leader; writes are refused until a majority answers again",
                 newest.term,
+                newest
+                    .cohort
+                    .keys()
+                    .filter(|m| m.as_str() != self.node && !heard.contains(*m))
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 self.failover_timeout.as_millis()
             );
         }

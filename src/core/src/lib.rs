@@ -30,7 +30,7 @@ pub mod types;
 pub use candidacy::{Decision, Discovery, Preferences};
 pub use change::{propose, Change, ChangeError, CommitRules, Pending};
 pub use coordinator::{Attempt, AttemptKind, ReplyEffect, ReplyError};
-pub use detection::should_race;
+pub use detection::{leader_may_be_replaced, should_race};
 pub use pledge::{
     decode, encode, CodecError, FollowRefusal, NodeReport, PledgeRecord, PledgeRefusal,
     PledgeState, RewindFloor,
