@@ -1,0 +1,304 @@
+//! The agent's metrics and health endpoints (`ha.metrics_address`, issue 7) on a real 3-node cluster.
+//! An operational test: it checks that the figures are there, plausible, and follow a switchover. The
+//! one invariant-facing check is that exactly one node answers `GET /leader` with 200 before and after
+//! (I1: at most one leader per term; I6: only the established leader accepts writes).
+
+use pg_test::pb::{agent_client::AgentClient, PledgeRequest};
+use pg_test::{
+    free_port, http_get, wait_until, wait_until_ok, Cluster, ClusterSpec, Metrics, Node,
+};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const T: Duration = Duration::from_secs(60);
+
+fn metrics(addr: &str) -> pg_test::Result<Metrics> {
+    let r = http_get(addr, "/metrics")?;
+    if r.status != 200 {
+        return Err(format!("GET {addr}/metrics: {}", r.status).into());
+    }
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    Metrics::parse(&r.body)
+}
+
+fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> pg_test::Result<f64> {
+    m.get(name, labels)
+        .ok_or_else(|| format!("{name}{labels:?} missing").into())
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The status code of `GET path` on each node (0 = no answer).
+fn statuses(addrs: &[String], path: &str) -> Vec<u16> {
+    addrs
+        .iter()
+        .map(|a| http_get(a, path).map(|r| r.status).unwrap_or(0))
+        .collect()
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+/// Every figure of one node's metrics that must hold once the cluster has settled with `leader`
+/// leading `term` and both other nodes following.
+fn check(m: &Metrics, name: &str, leader: &str, term: f64) -> pg_test::Result<()> {
+    let one = |b: bool| f64::from(u8::from(b));
+    ensure!(value(m, "pg_ha_up", &[])? == 1.0, "{name}: not up");
+    ensure!(
+        value(m, "pg_ha_term", &[])? == term,
+        "{name}: term {:?}",
+        m.get("pg_ha_term", &[])
+    );
+    ensure!(
+        m.label_where_one("pg_ha_leader", "node") == [leader],
+        "{name}: leader {:?}",
+        m.label_where_one("pg_ha_leader", "node")
+    );
+    ensure!(value(m, "pg_ha_members", &[])? == 3.0, "{name}: members");
+    ensure!(
+        value(m, "pg_ha_members_healthy", &[])? == 3.0,
+        "{name}: healthy members"
+    );
+    ensure!(
+        m.label_where_one("pg_ha_node_role", "role").len() == 3,
+        "{name}: one role per node"
+    );
+    for n in ["node1", "node2", "node3"] {
+        ensure!(
+            value(m, "pg_ha_node_member", &[("node", n), ("zone", "default")])? == 1.0,
+            "{name} sees {n} outside the cohort"
+        );
+        ensure!(
+            value(m, "pg_ha_node_healthy", &[("node", n)])? == 1.0,
+            "{name} sees {n} unhealthy"
+        );
+        let role = if n == leader { "leader" } else { "follower" };
+        ensure!(
+            value(m, "pg_ha_node_role", &[("node", n), ("role", role)])? == 1.0,
+            "{name} does not see {n} as {role}"
+        );
+    }
+    let me_leads = name == leader;
+    ensure!(
+        value(m, "pg_ha_role", &[("role", "leader")])? == one(me_leads),
+        "{name}: own role"
+    );
+    ensure!(
+        value(m, "pg_ha_role", &[("role", "follower")])? == one(!me_leads),
+        "{name}: own role"
+    );
+    ensure!(
+        value(m, "pg_ha_established", &[])? == one(me_leads),
+        "{name}: established"
+    );
+    ensure!(
+        value(m, "pg_ha_wal_receiver_streaming", &[])? == one(!me_leads),
+        "{name}: WAL receiver"
+    );
+    // Lag: one series per follower, none for the leader, small on an idle cluster.
+    let lag = m.series("pg_ha_replication_lag_bytes");
+    ensure!(
+        lag.len() == 2
+            && lag
+                .iter()
+                .all(|s| s.labels["node"] != leader && s.value < 16e6),
+        "{name}: replication lag {lag:?}"
+    );
+    let fl = m.series("pg_ha_follower_flush_lag_bytes");
+    if me_leads {
+        ensure!(
+            fl.len() == 2 && fl.iter().all(|s| s.value < 16e6),
+            "the leader {name} does not see both followers' flush: {fl:?}"
+        );
+    } else {
+        ensure!(
+            fl.is_empty(),
+            "{name}: only the leader reports walsender flush lag"
+        );
+    }
+    for c in [
+        "pg_ha_failovers_total",
+        "pg_ha_switchovers_total",
+        "pg_ha_pledges_refused_total",
+    ] {
+        ensure!(
+            m.types.get(c).map(String::as_str) == Some("counter"),
+            "{c} is not a counter"
+        );
+    }
+    ensure!(
+        m.types.get("pg_ha_term").map(String::as_str) == Some("gauge"),
+        "pg_ha_term type"
+    );
+    for s in &m.samples {
+        ensure!(m.helped.contains(&s.name), "{} has no HELP line", s.name);
+    }
+    let changed = value(m, "pg_ha_last_leadership_change_timestamp_seconds", &[])?;
+    ensure!(
+        changed > now_s() - 600.0 && changed < now_s() + 60.0,
+        "{name}: last leadership change at {changed}"
+    );
+    ensure!(
+        value(m, "pg_ha_failovers_total", &[])? == 0.0,
+        "{name}: failovers"
+    );
+    Ok(())
+}
+
+/// The metrics of every node once they all pass [`check`] (the deadline error names the last failure).
+fn settled(c: &Cluster, addrs: &[String], leader: &str, term: f64) -> Vec<Metrics> {
+    wait_until_ok(
+        T,
+        &format!(
+            "every node's metrics to show {leader} leading term {term} with 3 healthy members"
+        ),
+        || {
+            let all: Vec<Metrics> = addrs.iter().map(|a| metrics(a)).collect::<Result<_, _>>()?;
+            for (m, n) in all.iter().zip(c.nodes()) {
+                check(m, n.name(), leader, term)?;
+            }
+            Ok(Some(all))
+        },
+    )
+    .unwrap()
+}
+
+/// A Pledge for a term below the node's own (a stale coordinator): refused, so counted.
+fn stale_pledge(n: &Node, token: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = AgentClient::connect(format!("http://{}", n.agent_addr()))
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(PledgeRequest {
+            term: 1,
+            coordinator: "pg_test".into(),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        client.pledge(req).await.unwrap().into_inner().accepted
+    })
+}
+
+#[test]
+fn metrics_and_health_endpoints_follow_a_switchover() {
+    let c = Cluster::start(ClusterSpec {
+        policy: Some("any 1".into()),
+        failover_timeout_ms: Some(1500),
+        ..ClusterSpec::ha(3)
+    })
+    .unwrap();
+    // ha.metrics_address is a reload setting: turn it on in the running cluster.
+    let addrs: Vec<String> = c
+        .nodes()
+        .iter()
+        .map(|n| format!("{}:{}", n.host(), free_port(n.host()).unwrap()))
+        .collect();
+    for (n, a) in c.nodes().iter().zip(&addrs) {
+        n.append_conf(&format!("ha.metrics_address = '{a}'"))
+            .unwrap();
+        n.reload().unwrap();
+    }
+
+    let before = settled(&c, &addrs, "node1", 1.0);
+    for m in &before {
+        assert_eq!(m.get("pg_ha_switchovers_total", &[]), Some(0.0));
+    }
+    let changed0 = value(
+        &before[0],
+        "pg_ha_last_leadership_change_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    // I1/I6-facing: exactly one node answers /leader with 200, and it is the leader.
+    assert_eq!(statuses(&addrs, "/leader"), [200, 503, 503]);
+    assert_eq!(statuses(&addrs, "/replica"), [503, 200, 200]);
+    assert_eq!(statuses(&addrs, "/health"), [200, 200, 200]);
+    let body = http_get(&addrs[1], "/replica").unwrap().body;
+    assert!(
+        body.starts_with(
+            "{\"ok\":true,\"node\":\"node2\",\"role\":\"follower\",\"term\":1,\"leader\":\"node1\""
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        http_get(&addrs[1], "/replica?max_lag_bytes=100000000")
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(http_get(&addrs[0], "/nope").unwrap().status, 404);
+
+    let new = c
+        .node(0)
+        .query_value("SELECT ha.switchover('node2')")
+        .unwrap()
+        .unwrap();
+    assert_eq!(new, "node2");
+
+    // Every node (node1 after its restart as a follower) shows the new term, leader and counters.
+    let after = settled(&c, &addrs, "node2", 2.0);
+    for (m, n) in after.iter().zip(c.nodes()) {
+        assert_eq!(
+            m.get("pg_ha_switchovers_total", &[]),
+            Some(1.0),
+            "{}",
+            n.name()
+        );
+        let changed = value(m, "pg_ha_last_leadership_change_timestamp_seconds", &[]).unwrap();
+        assert!(
+            changed > changed0,
+            "{}: {changed} after {changed0}",
+            n.name()
+        );
+    }
+    wait_until(
+        T,
+        "exactly node2 to answer /leader with 200 and the others /replica",
+        || {
+            Ok(statuses(&addrs, "/leader") == [503, 200, 503]
+                && statuses(&addrs, "/replica") == [200, 503, 200])
+        },
+    )
+    .unwrap();
+
+    // A pledge below node3's term is refused and counted there.
+    let refused0 = value(&after[2], "pg_ha_pledges_refused_total", &[]).unwrap();
+    assert!(!stale_pledge(c.node(2), c.token()));
+    wait_until(T, "node3 to count the refused pledge", || {
+        Ok(metrics(&addrs[2])?.get("pg_ha_pledges_refused_total", &[]) == Some(refused0 + 1.0))
+    })
+    .unwrap();
+
+    // A malformed address is refused at reload and changes nothing; an empty one turns metrics off.
+    let n3 = c.node(2);
+    n3.append_conf("ha.metrics_address = '9187'").unwrap();
+    n3.reload().unwrap();
+    wait_until(T, "node3 to log the refused ha.metrics_address", || {
+        Ok(std::fs::read_to_string(n3.log_path())?
+            .contains("invalid value for parameter \"ha.metrics_address\": \"9187\""))
+    })
+    .unwrap();
+    assert_eq!(http_get(&addrs[2], "/health").unwrap().status, 200);
+    n3.append_conf("ha.metrics_address = ''").unwrap();
+    n3.reload().unwrap();
+    wait_until(T, "node3 to stop serving metrics", || {
+        Ok(http_get(&addrs[2], "/health").is_err())
+    })
+    .unwrap();
+}
