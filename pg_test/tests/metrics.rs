@@ -277,6 +277,30 @@ fn metrics_and_health_endpoints_follow_a_switchover() {
     )
     .unwrap();
 
+    // A frozen member (SIGSTOP: its agent hangs, its port still accepts) is unhealthy and unreachable
+    // in the others' metrics, and healthy again once it runs.
+    let n3 = c.node(2);
+    n3.sigstop().unwrap();
+    wait_until(T, "node2 and node1 to report node3 unhealthy", || {
+        for a in &addrs[..2] {
+            let m = metrics(a)?;
+            if m.get("pg_ha_node_healthy", &[("node", "node3")]) != Some(0.0)
+                || m.get(
+                    "pg_ha_node_role",
+                    &[("node", "node3"), ("role", "unreachable")],
+                ) != Some(1.0)
+                || m.get("pg_ha_members_healthy", &[]) != Some(2.0)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(statuses(&addrs, "/leader")[..2], [503, 200]);
+    n3.sigcont().unwrap();
+    let after = settled(&c, &addrs, "node2", 2.0);
+
     // A pledge below node3's term is refused and counted there.
     let refused0 = value(&after[2], "pg_ha_pledges_refused_total", &[]).unwrap();
     assert!(!stale_pledge(c.node(2), c.token()));
@@ -286,12 +310,10 @@ fn metrics_and_health_endpoints_follow_a_switchover() {
     .unwrap();
 
     // A malformed address is refused at reload and changes nothing; an empty one turns metrics off.
-    let n3 = c.node(2);
     n3.append_conf("ha.metrics_address = '9187'").unwrap();
     n3.reload().unwrap();
     wait_until(T, "node3 to log the refused ha.metrics_address", || {
-        Ok(std::fs::read_to_string(n3.log_path())?
-            .contains("invalid value for parameter \"ha.metrics_address\": \"9187\""))
+        Ok(n3.log_contains("invalid value for parameter \"ha.metrics_address\": \"9187\""))
     })
     .unwrap();
     assert_eq!(http_get(&addrs[2], "/health").unwrap().status, 200);

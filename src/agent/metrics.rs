@@ -40,6 +40,15 @@ impl View {
         }
     }
 
+    /// The peer's latest poll was answered, and within `peer_fresh`. (A poll that hangs is abandoned
+    /// without a failure report, so `reachable` alone can stay true for a frozen peer.)
+    pub fn answered(&self, pv: &PeerView) -> bool {
+        pv.reachable
+            && pv
+                .last_ok
+                .is_some_and(|t| self.now.saturating_duration_since(t) < self.peer_fresh)
+    }
+
     /// The main thread published a snapshot recently.
     pub fn fresh(&self) -> bool {
         self.me.ready
@@ -102,10 +111,7 @@ pub fn nodes(v: &View) -> Vec<NodeRow> {
         if r.system_identifier != me.system_identifier || r.node_name == me.node_name {
             continue; // another cluster, or this node listed in ha.peers
         }
-        let healthy = pv.reachable
-            && pv
-                .last_ok
-                .is_some_and(|t| v.now.saturating_duration_since(t) < v.peer_fresh);
+        let healthy = v.answered(pv);
         let row = NodeRow {
             name: r.node_name.clone(),
             zone: r.zone.clone(),
@@ -372,13 +378,13 @@ pub fn render(v: &View) -> String {
     o.family(
         "pg_ha_peer_up",
         "gauge",
-        "Per address in ha.peers: 1 if its latest Status poll was answered.",
+        "Per address in ha.peers: 1 if its latest Status poll was answered within ha.failover_timeout.",
     );
     for (addr, pv) in &v.peers {
         o.sample(
             "pg_ha_peer_up",
             &[("address", &addr.to_string())],
-            b(pv.reachable),
+            b(v.answered(pv)),
         );
     }
     o.0
@@ -568,6 +574,9 @@ mod tests {
         assert!(!rows[0].healthy, "n1 answered 5 s ago");
         assert_eq!(rows[0].role, "unreachable");
         assert_eq!(rows[2].term, 0, "n3 from another cluster is ignored");
+        assert!(render(&v)
+            .lines()
+            .any(|l| l == "pg_ha_peer_up{address=\"127.0.0.1:1000\"} 0"));
     }
 
     #[test]
