@@ -1,15 +1,65 @@
 //! The agent's metrics and health endpoints (`ha.metrics_address`, issue 7) on a real 3-node cluster.
-//! An operational test: it checks that the figures are there, plausible, and follow a switchover. The
-//! one invariant-facing check is that exactly one node answers `GET /leader` with 200 before and after
-//! (I1: at most one leader per term; I6: only the established leader accepts writes).
+//! Mostly operational: the figures are there, plausible, and follow a switchover. The invariant-facing
+//! checks: exactly one node answers `GET /leader` (and the documented SQL check) with 200 / true,
+//! before and after (I1: one leader per term; I6: only the established leader accepts writes), and a
+//! promoted candidate that never established answers 503 although it is out of recovery (I6).
 
 use pg_test::pb::{agent_client::AgentClient, PledgeRequest};
 use pg_test::{
-    free_port, http_get, wait_until, wait_until_ok, Cluster, ClusterSpec, Metrics, Node,
+    free_port, ha, http_get, wait_until, wait_until_ok, Cluster, ClusterSpec, Metrics, Node,
 };
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const T: Duration = Duration::from_secs(60);
+
+/// The SQL checks README documents for load balancers (run on a new connection each time).
+const SQL_LEADER: &str = "SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off' AND healthy FROM ha.status WHERE is_self";
+const SQL_REPLICA: &str = "SELECT pg_is_in_recovery() AND healthy AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') FROM ha.status WHERE is_self";
+
+fn ha3() -> Cluster {
+    Cluster::start(ClusterSpec {
+        policy: Some("any 1".into()),
+        failover_timeout_ms: Some(1500),
+        ..ClusterSpec::ha(3)
+    })
+    .unwrap()
+}
+
+/// Turn `ha.metrics_address` on for every node (a reload setting), adding the `extra` lines of that
+/// node (by name) in the same reload; returns the addresses once each serves `/health`.
+fn enable_metrics(c: &Cluster, extra: &[(&str, &str)]) -> Vec<String> {
+    let addrs: Vec<String> = c
+        .nodes()
+        .iter()
+        .map(|n| format!("{}:{}", n.host(), free_port(n.host()).unwrap()))
+        .collect();
+    for (n, a) in c.nodes().iter().zip(&addrs) {
+        n.append_conf(&format!("ha.metrics_address = '{a}'"))
+            .unwrap();
+        for (_, line) in extra.iter().filter(|(name, _)| *name == n.name()) {
+            n.append_conf(line).unwrap();
+        }
+        n.reload().unwrap();
+    }
+    wait_until(T, "every node to serve /health", || {
+        Ok(statuses(&addrs, "/health") == [200, 200, 200])
+    })
+    .unwrap();
+    addrs
+}
+
+/// The documented SQL check on each node ("t" / "f"; "?" when the node does not answer).
+fn sql(c: &Cluster, query: &str) -> Vec<String> {
+    c.nodes()
+        .iter()
+        .map(|n| {
+            n.query_value(query)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "?".into())
+        })
+        .collect()
+}
 
 fn metrics(addr: &str) -> pg_test::Result<Metrics> {
     let r = http_get(addr, "/metrics")?;
@@ -197,23 +247,8 @@ fn stale_pledge(n: &Node, token: &str) -> bool {
 
 #[test]
 fn metrics_and_health_endpoints_follow_a_switchover() {
-    let c = Cluster::start(ClusterSpec {
-        policy: Some("any 1".into()),
-        failover_timeout_ms: Some(1500),
-        ..ClusterSpec::ha(3)
-    })
-    .unwrap();
-    // ha.metrics_address is a reload setting: turn it on in the running cluster.
-    let addrs: Vec<String> = c
-        .nodes()
-        .iter()
-        .map(|n| format!("{}:{}", n.host(), free_port(n.host()).unwrap()))
-        .collect();
-    for (n, a) in c.nodes().iter().zip(&addrs) {
-        n.append_conf(&format!("ha.metrics_address = '{a}'"))
-            .unwrap();
-        n.reload().unwrap();
-    }
+    let c = ha3();
+    let addrs = enable_metrics(&c, &[]);
 
     let before = settled(&c, &addrs, "node1", 1.0);
     for m in &before {
@@ -227,7 +262,9 @@ fn metrics_and_health_endpoints_follow_a_switchover() {
     .unwrap();
     // I1/I6-facing: exactly one node answers /leader with 200, and it is the leader.
     assert_eq!(statuses(&addrs, "/leader"), [200, 503, 503]);
+    assert_eq!(sql(&c, SQL_LEADER), ["t", "f", "f"]);
     assert_eq!(statuses(&addrs, "/replica"), [503, 200, 200]);
+    assert_eq!(sql(&c, SQL_REPLICA), ["f", "t", "t"]);
     assert_eq!(statuses(&addrs, "/health"), [200, 200, 200]);
     let body = http_get(&addrs[1], "/replica").unwrap().body;
     assert!(
@@ -272,7 +309,9 @@ fn metrics_and_health_endpoints_follow_a_switchover() {
         "exactly node2 to answer /leader with 200 and the others /replica",
         || {
             Ok(statuses(&addrs, "/leader") == [503, 200, 503]
-                && statuses(&addrs, "/replica") == [200, 503, 200])
+                && statuses(&addrs, "/replica") == [200, 503, 200]
+                && sql(&c, SQL_LEADER) == ["f", "t", "f"]
+                && sql(&c, SQL_REPLICA) == ["t", "f", "t"])
         },
     )
     .unwrap();
@@ -323,4 +362,43 @@ fn metrics_and_health_endpoints_follow_a_switchover() {
         Ok(http_get(&addrs[2], "/health").is_err())
     })
     .unwrap();
+}
+
+/// I6: a candidate promoted by a failover that never establishes (failpoint) is out of recovery, so
+/// `pg_is_in_recovery()` alone would route writes to it; `/leader` and the SQL check say no.
+#[test]
+fn a_promoted_but_unestablished_candidate_is_not_ready_as_leader() {
+    let c = ha3();
+    let fp = "ha.debug_failpoint = 'candidate_never_establish'";
+    let addrs = enable_metrics(&c, &[("node2", fp), ("node3", fp)]);
+    c.node(0).kill9().unwrap();
+    ha::wait_leader_lost(c.node(2), T).unwrap();
+    let cand = ha::failover_until_ok(c.node(2), T).unwrap();
+    let i = c.nodes().iter().position(|n| n.name() == cand).unwrap();
+    // The endpoints answer from the agent's snapshot, published after its main thread has handled
+    // the promotion: wait for it to report itself out of recovery.
+    wait_until(T, "the candidate's agent to report itself promoted", || {
+        Ok(metrics(&addrs[i])?.get("pg_ha_role", &[("role", "leader")]) == Some(1.0))
+    })
+    .unwrap();
+    assert!(!c.node(i).in_recovery().unwrap(), "out of recovery");
+    let r = http_get(&addrs[i], "/leader").unwrap();
+    assert_eq!(r.status, 503, "I6: {}", r.body);
+    assert!(
+        r.body.contains("\"role\":\"leader\"") && r.body.contains("fence closed"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        c.node(i).query_value(SQL_LEADER).unwrap().as_deref(),
+        Some("f")
+    );
+    let m = metrics(&addrs[i]).unwrap();
+    assert_eq!(m.get("pg_ha_role", &[("role", "leader")]), Some(1.0));
+    assert_eq!(m.get("pg_ha_established", &[]), Some(0.0));
+    assert_eq!(
+        m.get("pg_ha_failovers_total", &[]),
+        Some(1.0),
+        "its failover row counts"
+    );
 }
