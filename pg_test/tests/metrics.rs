@@ -356,12 +356,25 @@ fn metrics_and_health_endpoints_follow_a_switchover() {
     })
     .unwrap();
     assert_eq!(http_get(&addrs[2], "/health").unwrap().status, 200);
+    assert_eq!(
+        n3.query_value("SHOW ha.metrics_address")
+            .unwrap()
+            .as_deref(),
+        Some(addrs[2].as_str())
+    );
     n3.append_conf("ha.metrics_address = ''").unwrap();
     n3.reload().unwrap();
     wait_until(T, "node3 to stop serving metrics", || {
         Ok(http_get(&addrs[2], "/health").is_err())
     })
     .unwrap();
+    // At server start, a malformed address is a hard error, like the other addresses.
+    n3.stop().unwrap();
+    n3.append_conf("ha.metrics_address = 'nohost'").unwrap();
+    assert!(n3.start().is_err(), "the server must refuse to start");
+    assert!(n3.log_contains(
+        "FATAL:  pg_ha: invalid value for parameter \"ha.metrics_address\": \"nohost\" has no port"
+    ));
 }
 
 /// I6: a candidate promoted by a failover that never establishes (failpoint) is out of recovery, so
