@@ -366,7 +366,7 @@ impl MainLoop {
             .collect()
     }
 
-    /// Publish this node's own state for the `Status` RPC.
+    /// Publish this node's own state for the `Status` RPC and the metrics endpoint.
     fn refresh_self(&mut self) {
         let cached = self.history;
         let (rows, paused, history) = BackgroundWorker::transaction(|| {
