@@ -68,6 +68,16 @@ pub fn parse_agent_addr(text: &str) -> Result<AgentAddr, String> {
     })
 }
 
+/// Parse `ha.metrics_address`: empty (or only blanks) means metrics are off; otherwise `host:port` like
+/// `ha.agent_address`.
+pub fn parse_metrics_addr(text: &str) -> Result<Option<AgentAddr>, String> {
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        parse_agent_addr(text).map(Some)
+    }
+}
+
 /// Parse the comma-separated `ha.peers` list. Empty entries and duplicates are errors: they are typos.
 pub fn parse_peers(text: &str) -> Result<Vec<AgentAddr>, String> {
     if text.trim().is_empty() {
@@ -139,6 +149,18 @@ mod tests {
         for bad in ["", "host", ":5", "h:0", "h:70000", "h:x", "a b:5", "::1:5"] {
             assert!(parse_agent_addr(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(parse_metrics_addr("").unwrap(), None);
+        assert_eq!(parse_metrics_addr("  ").unwrap(), None);
+        assert_eq!(
+            parse_metrics_addr("127.0.0.1:9187").unwrap().unwrap().port,
+            9187
+        );
+        assert!(parse_metrics_addr("9187").unwrap_err().contains("no port"));
+        assert!(parse_metrics_addr("h:0").is_err());
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The agent's asynchronous side: the tonic server for the peer service, the peer poller, and the
-//! token check. Runs on tokio threads and never calls Postgres: it reads a [`Shared`] snapshot the main
+//! The agent's asynchronous side: the tonic server for the peer service, the peer poller, the token
+//! check, and the HTTP responder for metrics and health endpoints. Runs on tokio threads and never calls Postgres: it reads a [`Shared`] snapshot the main
 //! thread publishes and reports [`Event`]s back to the main thread through a channel.
 
 pub mod auth;
 pub mod coordinator;
+pub mod http;
+pub mod metrics;
 pub mod pledge_file;
 pub mod poller;
 pub mod runtime;
@@ -26,6 +28,29 @@ pub struct NodeSnapshot {
     pub ready: bool,
     /// The newest ruleset row this node holds, in the core's form (what a coordinator starts from).
     pub ruleset: Option<pg_ha_core::Ruleset>,
+    /// What only the main thread can read, for `/metrics` and the health endpoints.
+    pub facts: LocalFacts,
+}
+
+/// Facts about this node beyond the `Status` reply, published with each snapshot for the metrics
+/// endpoint (which must not touch Postgres itself).
+#[derive(Clone, Debug, Default)]
+pub struct LocalFacts {
+    /// When the main thread published this snapshot (a stale one means its loop is stuck).
+    pub published: Option<Instant>,
+    /// Rows of the replicated ruleset history this node holds with reason `failover` / `switchover`.
+    pub failovers: u64,
+    pub switchovers: u64,
+    /// Unix time (s) of the first row of the newest term: when the current leadership began.
+    pub last_leadership_change: Option<f64>,
+    /// Pledge requests this agent refused since it started.
+    pub pledges_refused: u64,
+    /// Leader only: flush position of each standby streaming from it, by node name (walsenders).
+    pub follower_flush: BTreeMap<String, u64>,
+    /// Standby: the WAL receiver is streaming.
+    pub wal_receiver_streaming: bool,
+    /// A failed rejoin left `pg_ha.rejoin_failed`: its text (the node is unhealthy).
+    pub rejoin_failed: Option<String>,
 }
 
 /// What this agent last heard from one peer address (written by the poller).
@@ -34,6 +59,8 @@ pub struct PeerView {
     pub reply: Option<StatusReply>,
     /// When the last successful answer arrived.
     pub last_ok: Option<Instant>,
+    /// The latest poll got an answer (`reply` may be older when this is false).
+    pub reachable: bool,
 }
 
 /// Work only the main thread can do (it touches Postgres or the pledge file); the answer goes back
@@ -67,6 +94,8 @@ pub struct Shared {
     pub started: Instant,
     /// `ha.debug_failpoint` (testing only).
     pub failpoint: RwLock<String>,
+    /// `ha.metrics_address` (`None` = off); the HTTP responder rebinds when it changes.
+    pub metrics_address: tokio::sync::watch::Sender<Option<AgentAddr>>,
 }
 
 impl Shared {

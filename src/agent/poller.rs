@@ -85,6 +85,7 @@ pub async fn run(
                 {
                     let mut views = shared.peer_views.write();
                     let v = views.entry(addr.clone()).or_default();
+                    v.reachable = result.is_ok();
                     if let Ok(r) = &result {
                         v.reply = Some(r.clone());
                         v.last_ok = Some(std::time::Instant::now());

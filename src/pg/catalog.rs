@@ -126,6 +126,40 @@ pub fn newest_ruleset() -> Option<RulesetRow> {
     newest_rows(1).into_iter().next()
 }
 
+/// Leadership changes in the ruleset history this node holds (for the metrics endpoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HistoryStats {
+    pub failovers: u64,
+    pub switchovers: u64,
+    /// Unix time (s) of the first row of the newest term.
+    pub newest_term_began: Option<f64>,
+}
+
+pub fn history_stats() -> HistoryStats {
+    if !extension_installed() {
+        return HistoryStats::default();
+    }
+    Spi::connect(|client| {
+        let Ok(rows) = client.select(
+            "SELECT count(*) FILTER (WHERE reason = 'failover'),
+                    count(*) FILTER (WHERE reason = 'switchover'),
+                    (SELECT extract(epoch FROM min(created_at))::float8 FROM ha.ruleset_history
+                      WHERE term = (SELECT max(term) FROM ha.ruleset_history))
+             FROM ha.ruleset_history",
+            Some(1),
+            &[],
+        ) else {
+            return HistoryStats::default();
+        };
+        let row = rows.first();
+        HistoryStats {
+            failovers: row.get::<i64>(1).ok().flatten().unwrap_or(0).max(0) as u64,
+            switchovers: row.get::<i64>(2).ok().flatten().unwrap_or(0).max(0) as u64,
+            newest_term_began: row.get::<f64>(3).ok().flatten(),
+        }
+    })
+}
+
 /// Insert a ruleset row in the current transaction (the agent's, with synchronous_commit = local: the
 /// agent itself waits for the row's durability under the previous rules).
 pub fn insert_row(row: &RulesetRow, reason: &str) -> Result<(), pgrx::spi::SpiError> {

@@ -18,6 +18,7 @@ pub static FAILOVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static AUTH_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DEBUG_FAILPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RECLONE_ON_REWIND_FAILURE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static METRICS_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// While `_PG_init` defines the settings, Postgres applies postgresql.conf values through the check
 /// hooks at WARNING level and silently keeps the default on failure. We want a hard error at start, so
@@ -38,6 +39,8 @@ pub struct AgentSettings {
     /// Test-only fault injection (`ha.debug_failpoint`); empty in production.
     pub failpoint: String,
     pub reclone_on_rewind_failure: bool,
+    /// `ha.metrics_address`: where the agent serves `/metrics` and the health endpoints; `None` = off.
+    pub metrics_address: Option<config::AgentAddr>,
 }
 
 fn read(s: &GucSetting<Option<CString>>) -> String {
@@ -55,6 +58,8 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         .map_err(|e| format!("ha.agent_address: {e}"))?;
     let peers = config::parse_peers(&read(&PEERS)).map_err(|e| format!("ha.peers: {e}"))?;
     let tf = read(&AUTH_TOKEN_FILE);
+    let metrics_address = config::parse_metrics_addr(&read(&METRICS_ADDRESS))
+        .map_err(|e| format!("ha.metrics_address: {e}"))?;
     Ok(AgentSettings {
         node_name,
         agent_address,
@@ -65,6 +70,7 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         auth_token_file: if tf.is_empty() { None } else { Some(tf) },
         failpoint: read(&DEBUG_FAILPOINT),
         reclone_on_rewind_failure: RECLONE_ON_REWIND_FAILURE.get(),
+        metrics_address,
     })
 }
 
@@ -138,6 +144,9 @@ check_hook!(
 check_hook!(check_peers, "ha.peers", |v| config::parse_peers(v)
     .map(|_| ()));
 check_hook!(check_zone, "ha.zone", config::validate_zone);
+check_hook!(check_metrics_address, "ha.metrics_address", |v| {
+    config::parse_metrics_addr(v).map(|_| ())
+});
 
 /// Define every `ha.*` setting. Called once from `_PG_init`.
 pub fn define() {
@@ -185,6 +194,17 @@ pub fn define() {
             GucContext::Postmaster,
             GucFlags::default(),
             Some(check_zone),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.metrics_address",
+            c"host:port where the pg_ha agent serves Prometheus metrics and health endpoints over HTTP.",
+            c"Empty (the default): off. GET /metrics, /health, /leader, /replica. A reload rebinds.",
+            &METRICS_ADDRESS,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_metrics_address),
             None,
             None,
         );

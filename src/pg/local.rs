@@ -44,6 +44,17 @@ pub fn wal_state() -> WalState {
     }
 }
 
+/// Whether this standby's WAL receiver is streaming (state `streaming` of `pg_stat_wal_receiver`).
+pub fn wal_receiver_streaming() -> bool {
+    // SAFETY: WalRcv is allocated at startup; a plain volatile read of one aligned word (the same
+    // unlocked read pg_stat_wal_receiver's callers tolerate for observability).
+    unsafe {
+        let w = pg_sys::WalRcv;
+        !w.is_null()
+            && std::ptr::read_volatile(&(*w).walRcvState) == pg_sys::WalRcvState::WALRCV_STREAMING
+    }
+}
+
 /// Postgres' `X/Y` text form of an LSN.
 pub fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)

@@ -361,6 +361,17 @@ impl Steward {
         }
     }
 
+    /// Leader only: the flush position of each standby streaming from this node, by name (metrics).
+    pub fn follower_flush(&self) -> BTreeMap<String, u64> {
+        if self.rules.is_none() {
+            return BTreeMap::new();
+        }
+        walsnd::standby_flush_positions(&self.walsenders)
+            .into_iter()
+            .map(|(n, l)| (n.as_str().to_string(), l.0))
+            .collect()
+    }
+
     fn flushed(&self, own_flush: u64) -> BTreeMap<NodeId, Lsn> {
         let mut m = walsnd::standby_flush_positions(&self.walsenders);
         m.insert(NodeId::new(self.node.clone()), Lsn(own_flush));

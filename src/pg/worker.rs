@@ -3,7 +3,7 @@
 //! runtime whose threads never see a signal, and talks to it through a snapshot and an event channel.
 
 use super::{catalog, gate_shmem, gucs, hooks, local, shmem, steward::Steward};
-use crate::agent::{self, Command, Event, NodeSnapshot, Shared};
+use crate::agent::{self, Command, Event, LocalFacts, NodeSnapshot, Shared};
 use crate::config::AgentAddr;
 use crate::proto::StatusReply;
 use parking_lot::RwLock;
@@ -105,6 +105,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         leader_lost: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         failpoint: RwLock::new(settings.failpoint.clone()),
+        metrics_address: tokio::sync::watch::Sender::new(settings.metrics_address.clone()),
     });
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Event>();
     let rt = match agent::runtime::build() {
@@ -143,6 +144,12 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
             stop_rx.clone(),
         ),
     );
+    agent::runtime::spawn_supervised(
+        &rt,
+        "metrics",
+        ev_tx.clone(),
+        agent::http::run(shared.clone(), ev_tx.clone(), stop_rx.clone()),
+    );
     let mut steward = Steward::new(&settings.node_name, &settings.zone);
     steward.failpoint = settings.failpoint.clone();
     steward.reclone = settings.reclone_on_rewind_failure;
@@ -165,6 +172,8 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         rows: Vec::new(),
         peer_state: HashMap::new(),
         auth_log: HashMap::new(),
+        history: None,
+        pledges_refused: 0,
     };
     {
         let mut t = shmem::PEERS.exclusive();
@@ -187,7 +196,11 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         while let Ok(cmd) = cmd_rx.try_recv() {
             match cmd {
                 Command::Pledge { req, reply } => {
-                    let _ = reply.send(state.steward.handle_pledge(&req));
+                    let answer = state.steward.handle_pledge(&req);
+                    if !answer.accepted {
+                        state.pledges_refused += 1;
+                    }
+                    let _ = reply.send(answer);
                 }
                 Command::Promote { req, reply } => {
                     let _ = reply.send(state.steward.handle_promote(&req));
@@ -224,6 +237,11 @@ struct MainLoop {
     peer_state: HashMap<AgentAddr, bool>,
     /// Per remote: when a rejection was last logged, and how many were suppressed since.
     auth_log: HashMap<String, (Instant, u64)>,
+    /// Leadership changes in the history, for the metrics endpoint; re-read only when the newest row
+    /// (version, term) changes.
+    history: Option<((i64, i64), catalog::HistoryStats)>,
+    /// Pledge requests refused since this agent started (metrics).
+    pledges_refused: u64,
 }
 
 impl MainLoop {
@@ -257,6 +275,18 @@ impl MainLoop {
                     Duration::from_millis(s.failover_timeout_ms);
                 *self.shared.token.write() = load_token(&s);
                 *self.shared.failpoint.write() = s.failpoint.clone();
+                if s.metrics_address != self.settings.metrics_address {
+                    log!(
+                        "pg_ha: ha.metrics_address changed to '{}'",
+                        s.metrics_address
+                            .as_ref()
+                            .map(|a| a.to_string())
+                            .unwrap_or_default()
+                    );
+                    self.shared
+                        .metrics_address
+                        .send_replace(s.metrics_address.clone());
+                }
                 self.steward.failpoint = s.failpoint.clone();
                 self.steward.reclone = s.reclone_on_rewind_failure;
                 self.steward.failover_timeout = Duration::from_millis(s.failover_timeout_ms);
@@ -336,11 +366,20 @@ impl MainLoop {
             .collect()
     }
 
-    /// Publish this node's own state for the `Status` RPC.
+    /// Publish this node's own state for the `Status` RPC and the metrics endpoint.
     fn refresh_self(&mut self) {
-        let (rows, paused) =
-            BackgroundWorker::transaction(|| (catalog::newest_rows(2), catalog::paused()));
+        let cached = self.history;
+        let (rows, paused, history) = BackgroundWorker::transaction(|| {
+            let rows = catalog::newest_rows(2);
+            let key = rows.first().map_or((0, 0), |r| (r.version, r.term));
+            let history = match cached {
+                Some((k, h)) if k == key => (k, h),
+                _ => (key, catalog::history_stats()),
+            };
+            (rows, catalog::paused(), history)
+        });
         self.rows = rows;
+        self.history = Some(history);
         let newest = self.rows.first();
         let wal = local::wal_state();
         let member = newest.is_some_and(|r| r.cohort.contains(&self.settings.node_name));
@@ -380,10 +419,21 @@ impl MainLoop {
             ruleset_term,
         };
         let ruleset = newest.and_then(|r| r.to_core());
+        let facts = LocalFacts {
+            published: Some(Instant::now()),
+            failovers: history.1.failovers,
+            switchovers: history.1.switchovers,
+            last_leadership_change: history.1.newest_term_began,
+            pledges_refused: self.pledges_refused,
+            follower_flush: self.steward.follower_flush(),
+            wal_receiver_streaming: wal.in_recovery && local::wal_receiver_streaming(),
+            rejoin_failed: super::rejoin::failed(&self.steward.data_dir),
+        };
         *self.shared.snapshot.write() = NodeSnapshot {
             reply,
             ready: true,
             ruleset,
+            facts,
         };
     }
 
