@@ -189,6 +189,15 @@ fn frozen_leader_is_replaced_and_acknowledges_nothing_after_resuming() {
         new.name(),
         frozen_at.elapsed()
     );
+    // ha.status must not call a frozen node healthy (its calls hang rather than fail).
+    let sql = format!(
+        "SELECT healthy FROM ha.status WHERE node_name = '{}'",
+        c.node(old).name()
+    );
+    wait_until(T, "ha.status to show the frozen node unhealthy", || {
+        Ok(new.query_value(&sql)?.as_deref() == Some("f"))
+    })
+    .unwrap();
     load.wait_for_more_acks(20, T).unwrap();
     nem.thaw(&c, old).unwrap();
     // Straight after resuming, before it can learn anything from its peers: a new commit must not succeed.

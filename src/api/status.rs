@@ -76,15 +76,19 @@ fn status_rows() -> TableIterator<
             Some("pg_ha agent is not running".into())
         },
     )];
+    // A peer counts as reachable only if it answered within a failover timeout: a frozen peer's calls
+    // hang rather than fail, so its slot may never be marked unreachable.
+    let fresh_us = gucs::failover_timeout_ms() as i64 * 1000;
     for s in table.slots.iter().filter(|s| s.used) {
         let seen = s.ever_seen;
+        let reachable = s.reachable && s.last_seen_us != 0 && now - s.last_seen_us < fresh_us;
         rows.push((
             if seen {
                 s.node_name.get()
             } else {
                 format!("? {}", s.address.get())
             },
-            if s.reachable {
+            if reachable {
                 s.role.get()
             } else {
                 "unreachable".into()
@@ -95,7 +99,7 @@ fn status_rows() -> TableIterator<
             seen.then_some(s.timeline as i32),
             seen.then(|| local::lsn_text(s.flush_lsn)),
             seen.then(|| local::lsn_text(s.replay_lsn)),
-            s.reachable && agent_alive,
+            reachable && agent_alive,
             (s.last_seen_us != 0).then_some(s.last_seen_us),
             s.address.get(),
             false,

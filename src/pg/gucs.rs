@@ -51,6 +51,11 @@ fn read(s: &GucSetting<Option<CString>>) -> String {
 
 /// Current settings. Only call on the main thread. Values were validated by the hooks, so parse errors
 /// here mean a setting is missing; those are reported as `Err` with the setting named.
+/// `ha.failover_timeout` in ms (at least 1).
+pub fn failover_timeout_ms() -> u64 {
+    FAILOVER_TIMEOUT_MS.get().max(1) as u64
+}
+
 pub fn agent_settings() -> Result<AgentSettings, String> {
     let node_name = read(&NODE_NAME);
     config::validate_node_name(&node_name).map_err(|e| format!("ha.node_name: {e}"))?;
