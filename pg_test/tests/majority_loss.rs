@@ -44,7 +44,7 @@ fn refused(n: &Node, sql: &str) -> String {
     }
 }
 
-/// I1/I2 at work, then the override: a 3-node `any 1` cluster under a write load loses its leader and
+/// I1/I2 at work, then the override (superusers only, not ha_admin): a 3-node `any 1` cluster under a write load loses its leader and
 /// one follower for good. No coordinator can recruit a majority of the cohort (I1: recruit quorums are
 /// majorities), so no failover happens and the survivor stays a read-only standby: nothing can revoke
 /// the old leader's term (I2) without a quorum. `ha.unsafe_force_leader` refuses a wrong confirmation
@@ -65,6 +65,24 @@ fn majority_lost_no_failover_then_override_and_rejoin() {
         .query_strings("CREATE TABLE probe(x int)")
         .unwrap();
     c.wait_replayed(old_leader, T).unwrap();
+
+    // Superusers only: a member of ha_admin (who may run every other cluster change) may not.
+    old_leader
+        .query_strings("CREATE ROLE operator LOGIN IN ROLE ha_admin")
+        .unwrap();
+    c.wait_replayed(old_leader, T).unwrap();
+    let e = survivor
+        .connect_as("operator")
+        .unwrap()
+        .simple_query(&format!("SELECT ha.unsafe_force_leader('{CONFIRM}')"))
+        .expect_err("ha_admin ran ha.unsafe_force_leader")
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("permission denied for function unsafe_force_leader"),
+        "{e}"
+    );
 
     // While the leader is healthy the override is refused: this is not a majority loss.
     let e = refused(
