@@ -39,3 +39,5 @@ REVOKE ALL ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(tex
 GRANT EXECUTE ON FUNCTION ha.bootstrap(), ha.add_member(text), ha.remove_member(text), ha.set_policy(text),
     ha.switchover(text), ha.failover(text), ha.pause(), ha.resume() TO ha_admin;
 GRANT SELECT ON ha.cluster_settings TO pg_monitor, ha_admin;
+-- The majority-loss override may discard acknowledged writes: superusers only, never ha_admin.
+REVOKE ALL ON FUNCTION ha.unsafe_force_leader(text) FROM PUBLIC;

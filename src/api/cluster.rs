@@ -1,7 +1,8 @@
 //! Cluster-changing SQL functions: `ha.bootstrap()`, `ha.add_member()`, `ha.remove_member()`,
-//! `ha.set_policy()`. Each hands the request to this node's agent (which keeps the commit rules) and
-//! returns when the change is in force, or raises the agent's precise refusal. Execution is granted to
-//! `ha_admin` (and superusers) in sql/views.sql.
+//! `ha.set_policy()`, `ha.switchover()`, `ha.failover()`, and the override `ha.unsafe_force_leader()`.
+//! Each hands the request to this node's agent (which keeps the commit rules) and returns when the
+//! change is in force, or raises the agent's precise refusal. Execution is granted to `ha_admin` (and
+//! superusers) in sql/views.sql, except the override, which is for superusers only.
 
 use crate::pg::{request, shmem};
 use pgrx::prelude::*;
@@ -65,4 +66,13 @@ fn switchover(target: default!(Option<&str>, "NULL")) -> String {
 #[pg_extern(volatile, parallel_unsafe)]
 fn failover(target: default!(Option<&str>, "NULL")) -> String {
     run(request::Kind::Failover, target.unwrap_or(""))
+}
+
+/// OPERATOR OVERRIDE for a permanently lost majority: make this surviving member the leader of a new,
+/// higher term with a cohort of itself alone (`zones 1`), without a quorum. Commits the old leader
+/// acknowledged beyond this node's flushed WAL may be lost. `confirm` must be exactly
+/// `I accept losing acknowledged writes`. Superusers only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn unsafe_force_leader(confirm: &str) -> String {
+    run(request::Kind::UnsafeForceLeader, confirm)
 }

@@ -20,6 +20,7 @@ pub enum Kind {
     SetPolicy = 4,
     Switchover = 5,
     Failover = 6,
+    UnsafeForceLeader = 7,
 }
 
 impl Kind {
@@ -31,6 +32,7 @@ impl Kind {
             4 => Kind::SetPolicy,
             5 => Kind::Switchover,
             6 => Kind::Failover,
+            7 => Kind::UnsafeForceLeader,
             _ => return None,
         })
     }

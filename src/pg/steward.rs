@@ -72,6 +72,8 @@ pub struct Steward {
     pub(crate) rejoin_failed_logged: bool,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
+    /// Every configured peer has been heard from (answer or failure) since the agent started.
+    pub peers_heard: bool,
 }
 
 fn q(s: &str) -> String {
@@ -166,6 +168,7 @@ impl Steward {
             relearn_since: None,
             rejoin_failed_logged: false,
             peer_terms: BTreeMap::new(),
+            peers_heard: false,
         }
     }
 
@@ -445,6 +448,12 @@ impl Steward {
         if self.failpoint == "candidate_never_establish" {
             return;
         }
+        // A leader restarted after it was replaced while down (a failover, or ha.unsafe_force_leader
+        // on a survivor) must hear every peer once before members of its old cohort, which may not
+        // have seen the newer term yet either, can confirm it: the newer leader's answer deposes it.
+        if !self.peers_heard {
+            return;
+        }
         // A majority of the cohort (this node included) must report no pledge above our term: then no
         // coordinator can have recruited a quorum for a higher term (recruit quorums are majorities).
         let n = newest.cohort.len();
@@ -507,7 +516,11 @@ impl Steward {
     }
 
     /// Handle a request from a SQL function (at most one at a time).
-    pub fn handle_request(&mut self, peers: &[shmem::PeerSlot]) {
+    pub fn handle_request(
+        &mut self,
+        peers: &[shmem::PeerSlot],
+        fresh: &[crate::proto::StatusReply],
+    ) {
         let Some((id, kind, arg)) = request::take() else {
             return;
         };
@@ -516,6 +529,7 @@ impl Steward {
             Kind::Bootstrap => self.bootstrap(),
             Kind::Switchover => self.begin_switchover(id, &arg, peers),
             Kind::Failover => self.begin_failover(id, &arg),
+            Kind::UnsafeForceLeader => self.unsafe_force_leader(&arg, fresh),
             _ => self.change(id, kind, &arg, peers),
         };
         match result {
@@ -769,7 +783,9 @@ impl Steward {
                 arg.parse::<Policy>()
                     .map_err(|e| ("22023", format!("invalid policy {arg:?}: {e}")))?,
             ),
-            Kind::Bootstrap | Kind::Switchover | Kind::Failover => unreachable!(),
+            Kind::Bootstrap | Kind::Switchover | Kind::Failover | Kind::UnsafeForceLeader => {
+                unreachable!()
+            }
         };
         let next = rules
             .propose(&known, &change)

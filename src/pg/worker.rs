@@ -208,9 +208,10 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
             }
         }
         let fresh = state.fresh_peers();
+        state.steward.peers_heard = state.peers_heard();
         state.steward.tick(&state.rows, &fresh);
         let peers = shmem::PEERS.share().slots;
-        state.steward.handle_request(&peers);
+        state.steward.handle_request(&peers, &fresh);
         state.spawn_leadership_changes(rt.handle());
         shmem::PEERS.exclusive().agent_heartbeat_us = local::now_us();
     }
@@ -352,6 +353,18 @@ impl MainLoop {
                 let _ = events.send(Event::RequestDone { id, result });
             });
         }
+    }
+
+    /// Every configured peer has answered or failed at least once since the agent started (or one
+    /// failover timeout has passed: a peer whose calls hang never reports a failure).
+    fn peers_heard(&self) -> bool {
+        self.shared.started.elapsed() >= Duration::from_millis(self.settings.failover_timeout_ms)
+            || self
+                .settings
+                .peers
+                .iter()
+                .filter(|a| **a != self.settings.agent_address)
+                .all(|a| self.peer_state.contains_key(a))
     }
 
     /// Peers' latest answers that are recent enough to act on.
