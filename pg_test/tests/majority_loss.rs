@@ -138,7 +138,7 @@ fn majority_lost_no_failover_then_override_and_rejoin() {
         .unwrap();
     eprintln!("ha.unsafe_force_leader: {answer}");
     assert!(
-        answer.starts_with("node3 is leader of term 2 without a quorum (was term 1 led by node1, cohort [node1, node2, node3], policy any 1)"),
+        answer.starts_with("node3 is leader of term 1001 without a quorum (was term 1 led by node1, cohort [node1, node2, node3], policy any 1)"),
         "{answer}"
     );
     assert!(answer.contains("may be lost"), "{answer}");
@@ -149,8 +149,9 @@ fn majority_lost_no_failover_then_override_and_rejoin() {
         after.last().unwrap(),
         "2|node3|{node3}|zones 1|unsafe_force_leader"
     );
-    assert!(survivor
-        .log_contains("WARNING:  pg_ha: unsafe_force_leader: node3 takes term 2 WITHOUT a quorum"));
+    assert!(survivor.log_contains(
+        "WARNING:  pg_ha: unsafe_force_leader: node3 takes term 1001 WITHOUT a quorum"
+    ));
     assert!(survivor.log_contains("commits acknowledged by the old leader beyond"));
     load.wait_for_more_acks(50, T).unwrap();
 
@@ -167,7 +168,7 @@ fn majority_lost_no_failover_then_override_and_rejoin() {
         .unwrap();
         assert!(n.query_strings("INSERT INTO probe VALUES (1)").is_err());
     }
-    assert!(old_leader.log_contains("rejoining as a follower of node3 (leader of term 2)"));
+    assert!(old_leader.log_contains("rejoining as a follower of node3 (leader of term 1001)"));
 
     // Re-added, back to `any 1`.
     ha::add_members(survivor, &["node1", "node2"], "any 1", T).unwrap();

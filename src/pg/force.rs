@@ -7,7 +7,7 @@
 //!
 //! Refused (nothing changes) when: the confirmation text is wrong; there is no cluster; this node is
 //! not a member of its newest ruleset; an established leader is reachable from here; a reachable member
-//! has flushed more WAL than this node. Otherwise: a term above every term this node knows or pledged
+//! has flushed more WAL than this node. Otherwise: a term 1000 above every term this node knows or pledged
 //! (the pledge is persisted first), promotion if this node is a standby, and a ruleset row naming this
 //! node the leader of a cohort of itself alone under `zones 1` (the bootstrap shape).
 
@@ -18,6 +18,9 @@ use pg_ha_core::{NodeId, PledgeState, Policy, Ruleset, Term, Zone};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::collections::BTreeMap;
+
+/// How far above every term this node knows the forced term lies.
+pub const FORCED_TERM_JUMP: u64 = 1000;
 use std::sync::atomic::Ordering;
 
 /// The exact text `confirm` must carry.
@@ -98,7 +101,10 @@ impl Steward {
             ])
             .max()
             .unwrap_or(0);
-        let term = Term(highest + 1);
+        // Far above: the lost members may have gone on electing leaders this node never heard of (each
+        // election adds one), e.g. behind a partition the operator took for a loss. When they come back
+        // they must see a higher term and defer, never tie with this one.
+        let term = Term(highest + FORCED_TERM_JUMP);
         let me = NodeId::new(self.node.clone());
         let cohort: BTreeMap<NodeId, Zone> = [(me.clone(), Zone::new(self.zone.clone()))].into();
         let new = Ruleset::new(term, old.version + 1, me.clone(), cohort, Policy::Zones(1))
