@@ -18,6 +18,7 @@ pub static FAILOVER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static AUTH_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static DEBUG_FAILPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RECLONE_ON_REWIND_FAILURE: GucSetting<bool> = GucSetting::<bool>::new(false);
+pub static SYSTEMD_UNIT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// While `_PG_init` defines the settings, Postgres applies postgresql.conf values through the check
 /// hooks at WARNING level and silently keeps the default on failure. We want a hard error at start, so
@@ -38,6 +39,8 @@ pub struct AgentSettings {
     /// Test-only fault injection (`ha.debug_failpoint`); empty in production.
     pub failpoint: String,
     pub reclone_on_rewind_failure: bool,
+    /// `ha.systemd_unit` with its `.service` suffix; empty: the server is run by bare `pg_ctl`.
+    pub systemd_unit: String,
 }
 
 fn read(s: &GucSetting<Option<CString>>) -> String {
@@ -55,6 +58,9 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         .map_err(|e| format!("ha.agent_address: {e}"))?;
     let peers = config::parse_peers(&read(&PEERS)).map_err(|e| format!("ha.peers: {e}"))?;
     let tf = read(&AUTH_TOKEN_FILE);
+    let systemd_unit = config::parse_systemd_unit(&read(&SYSTEMD_UNIT))
+        .map_err(|e| format!("ha.systemd_unit: {e}"))?
+        .unwrap_or_default();
     Ok(AgentSettings {
         node_name,
         agent_address,
@@ -65,6 +71,7 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         auth_token_file: if tf.is_empty() { None } else { Some(tf) },
         failpoint: read(&DEBUG_FAILPOINT),
         reclone_on_rewind_failure: RECLONE_ON_REWIND_FAILURE.get(),
+        systemd_unit,
     })
 }
 
@@ -138,6 +145,9 @@ check_hook!(
 check_hook!(check_peers, "ha.peers", |v| config::parse_peers(v)
     .map(|_| ()));
 check_hook!(check_zone, "ha.zone", config::validate_zone);
+check_hook!(check_systemd_unit, "ha.systemd_unit", |v| {
+    config::parse_systemd_unit(v).map(|_| ())
+});
 
 /// Define every `ha.*` setting. Called once from `_PG_init`.
 pub fn define() {
@@ -185,6 +195,17 @@ pub fn define() {
             GucContext::Postmaster,
             GucFlags::default(),
             Some(check_zone),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.systemd_unit",
+            c"The systemd unit that runs this server (e.g. postgresql@15-main); empty: bare pg_ctl.",
+            c"When set, the rejoin helper runs as pg-ha-rejoin@<instance>.service and stops and starts the server with systemctl (README: Running under systemd).",
+            &SYSTEMD_UNIT,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_systemd_unit),
             None,
             None,
         );
