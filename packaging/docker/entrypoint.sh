@@ -32,12 +32,14 @@ HA_AGENT_PORT=${HA_AGENT_PORT:-5480}
 HA_METRICS_PORT=${HA_METRICS_PORT:-9187}
 PGPORT=${PGPORT:-5432}
 HA_HOST=${HA_HOST:-$(hostname -f)}
-HA_NODE_NAME=${HA_NODE_NAME:-$(hostname -s | tr -- '-.' '__')}
+HOSTNAME=${HOSTNAME:-$(hostname)}              # the pod name in Kubernetes: pg-ha-N
+HA_NODE_NAME=${HA_NODE_NAME:-$(echo "${HOSTNAME%%.*}" | tr -- '-' '_')}
 HA_FAILOVER_TIMEOUT=${HA_FAILOVER_TIMEOUT:-2000}
 HA_TOKEN_SOURCE=${HA_TOKEN_SOURCE:-/etc/pg_ha/token}
 HA_POLICY=${HA_POLICY:-any 1}
 PEERS=$(echo "${HA_PEER_HOSTS:?set HA_PEER_HOSTS to every node\'s host name}" | tr ',' ' ')
-HOME_DIR=/var/lib/postgresql
+HOME_DIR=${HA_HOME:-/var/lib/postgresql}       # token copy, .pgpass, server log
+export PGPASSFILE=$HOME_DIR/.pgpass
 TOKEN=$HOME_DIR/pg_ha.token
 LOG=$HOME_DIR/postgresql.log
 ORDINAL=${HOSTNAME##*-}
@@ -143,8 +145,8 @@ join_cluster() {
 [ -r "$HA_TOKEN_SOURCE" ] || die "no token at $HA_TOKEN_SOURCE (mount the pg-ha Secret)"
 install -m 600 "$HA_TOKEN_SOURCE" "$TOKEN"          # pg_ha refuses a token others can read
 : "${HA_REPLICATION_PASSWORD:?set HA_REPLICATION_PASSWORD (from the pg-ha Secret)}"
-echo "*:*:*:replicator:$HA_REPLICATION_PASSWORD" > "$HOME_DIR/.pgpass"
-chmod 600 "$HOME_DIR/.pgpass"
+echo "*:*:*:replicator:$HA_REPLICATION_PASSWORD" > "$PGPASSFILE"
+chmod 600 "$PGPASSFILE"
 # The agent binds ha.agent_address, so this pod's own name must resolve (headless Service).
 wait_for "$HA_HOST to resolve" 120 getent hosts "$HA_HOST"
 
@@ -179,7 +181,8 @@ write_settings
 stop() { log "stopping"; pg_ctl -D "$PGDATA" -m fast -w stop || true; exit 0; }
 trap stop TERM INT
 touch "$LOG"
-tail -n 0 -F "$LOG" &
+tail -n 0 -F "$LOG" &                  # the server log to the container's output (kubectl logs)
+trap 'kill $(jobs -p) 2>/dev/null' EXIT   # tail, and join_cluster if it still runs
 pg_ctl -D "$PGDATA" -l "$LOG" -w -t 300 start
 
 if [ "$new_cluster" = yes ]; then
