@@ -195,8 +195,10 @@ fn bad_settings_are_clear_errors() {
     n.append_conf("ha.systemd_unit = 'postgresql@'").unwrap();
     n.reload().unwrap();
     wait_until(T, "the bad unit name to be refused in the log", || {
-        Ok(n.log_contains("invalid value for parameter \"ha.systemd_unit\"")
-            && n.log_contains("expected a service or a template instance"))
+        Ok(
+            n.log_contains("invalid value for parameter \"ha.systemd_unit\"")
+                && n.log_contains("expected a service or a template instance"),
+        )
     })
     .unwrap();
     assert_eq!(
