@@ -16,9 +16,9 @@
 //!   cgroup and die when the unit stops, and a server started by `pg_ctl` would not be supervised. So
 //!   the agent writes the helper as a script to `/run/postgresql/pg_ha_rejoin.<instance>.sh` and starts
 //!   the shipped template unit `pg-ha-rejoin@<instance>.service` (packaging/systemd), which runs it as
-//!   `postgres` in its own cgroup; the helper stops and starts the server with `systemctl`. Both
-//!   `systemctl` calls go through `sudo -n`, allowed by exactly three sudoers lines
-//!   (packaging/systemd/pg_ha.sudoers). `systemd-run` is not used: letting the `postgres` account create
+//!   `postgres` in its own cgroup; the helper stops and starts the server with `systemctl`. The three
+//!   `systemctl` calls (start the helper's unit, stop and start the server's) go through `sudo -n`,
+//!   allowed by exactly three sudoers lines (packaging/systemd/pg_ha.sudoers). `systemd-run` is not used: letting the `postgres` account create
 //!   arbitrary transient units would amount to root.
 
 use pgrx::pg_sys;
