@@ -13,9 +13,10 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 
 # Debian packages. postgresql-15 is the server the tests run; server-dev for pgrx's bindgen;
 # clang/libclang for bindgen; protobuf-compiler for tonic/prost code generation; sudo because
-# `cargo pgrx test --runas postgres` calls it; iproute2/nftables for the partition tests.
+# `cargo pgrx test --runas postgres` calls it; iproute2/nftables for the partition tests;
+# dpkg-dev (dpkg-shlibdeps, and binutils for strip) for packaging/build-deb.sh.
 PKGS=(postgresql-15 postgresql-client-15 postgresql-server-dev-15 libclang-dev clang
-      protobuf-compiler sudo pkg-config libssl-dev iproute2 nftables procps)
+      protobuf-compiler sudo pkg-config libssl-dev iproute2 nftables procps dpkg-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -56,6 +57,6 @@ else
   cargo pgrx init --pg15 "$PG_CONFIG"
 fi
 
-# The extension is installed into the system PostgreSQL tree by the tests (cargo pgrx install);
-# make those directories writable for the user running the build when it is not root.
+# The tests install the extension into the system PostgreSQL tree (cargo pgrx test, then the .deb
+# from packaging/build-deb.sh with dpkg -i), so they run as root.
 log "done"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README): everything CI checks, in order, from a fresh Debian 12 machine.
 #   fmt, clippy, the consensus core's unit/property/model-checking tests, pgrx tests inside Postgres,
-#   then the multi-node integration tests against real Postgres processes.
+#   then the Debian package (built, installed with dpkg -i), and the multi-node integration tests
+#   against real Postgres processes running the packaged pg_ha.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +26,13 @@ chown postgres "$PGRX_PGDATA"
 trap 'rm -rf "$PGRX_PGDATA"' EXIT
 cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_PGDATA"
 
-step "install pg_ha into /usr (the build the integration tests run)"
-cargo pgrx install --pg-config /usr/bin/pg_config
+step "build the Debian package and install it (the integration tests run the packaged library)"
+DEB=$(bash packaging/build-deb.sh | tail -1)
+dpkg-deb -c "$DEB"
+# dpkg -i replaces the pg_test build that `cargo pgrx test` left in /usr (same paths, files not owned
+# by any package); apt-get would also pull in missing dependencies, which install-deps.sh already has.
+dpkg -i "$DEB"
+dpkg -s postgresql-15-pg-ha | grep -E '^(Status|Version):'
 
 step "integration tests on real multi-node clusters"
 cargo test -p pg_test -- --test-threads=2

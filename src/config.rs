@@ -134,6 +134,47 @@ pub fn validate_zone(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `ha.systemd_unit`: empty (the server is run by bare `pg_ctl`), or the systemd service that runs this
+/// server, e.g. `postgresql@15-main` or `postgresql@15-main.service`. Returns the unit's full name.
+pub fn parse_systemd_unit(text: &str) -> Result<Option<String>, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let full = if t.ends_with(".service") {
+        t.to_string()
+    } else if t.contains('.') && !t.contains('@') {
+        return Err(format!(
+            "\"{t}\" is not a service unit; expected e.g. postgresql@15-main"
+        ));
+    } else {
+        format!("{t}.service")
+    };
+    let stem = &full[..full.len() - ".service".len()];
+    if full.len() > 255 {
+        return Err(format!("\"{t}\" is longer than 255 bytes"));
+    }
+    if let Some(bad) = stem
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-' | '@')))
+    {
+        return Err(format!(
+            "\"{t}\": invalid character '{bad}' in a unit name (use letters, digits and : _ . - @)"
+        ));
+    }
+    match stem.split_once('@') {
+        Some((prefix, instance))
+            if prefix.is_empty() || instance.is_empty() || instance.contains('@') =>
+        {
+            Err(format!(
+                "\"{t}\": expected a service or a template instance such as postgresql@15-main"
+            ))
+        }
+        None if stem.is_empty() => Err(format!("\"{t}\": empty unit name")),
+        _ => Ok(Some(full)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +221,37 @@ mod tests {
         assert!(validate_node_name("no-de").is_err());
         assert!(validate_zone("eu-west-1a").is_ok());
         assert!(validate_zone("a b").is_err());
+    }
+
+    #[test]
+    fn systemd_units() {
+        assert_eq!(parse_systemd_unit("").unwrap(), None);
+        assert_eq!(
+            parse_systemd_unit("postgresql@15-main").unwrap().as_deref(),
+            Some("postgresql@15-main.service")
+        );
+        assert_eq!(
+            parse_systemd_unit(" postgresql@15-main.service ")
+                .unwrap()
+                .as_deref(),
+            Some("postgresql@15-main.service")
+        );
+        assert_eq!(
+            parse_systemd_unit("pg").unwrap().as_deref(),
+            Some("pg.service")
+        );
+        for bad in [
+            "postgresql@",
+            "@15-main",
+            "a@b@c",
+            "postgresql@15 main",
+            "pg.socket",
+            "x/y",
+            "p;rm",
+            "pg\\x2d",
+            ".service",
+        ] {
+            assert!(parse_systemd_unit(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -192,9 +192,23 @@ fn bad_settings_are_clear_errors() {
     })
     .unwrap();
     assert_eq!(n.query_value("SHOW ha.peers").unwrap(), before);
+    n.append_conf("ha.systemd_unit = 'postgresql@'").unwrap();
+    n.reload().unwrap();
+    wait_until(T, "the bad unit name to be refused in the log", || {
+        Ok(
+            n.log_contains("invalid value for parameter \"ha.systemd_unit\"")
+                && n.log_contains("expected a service or a template instance"),
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        n.query_value("SHOW ha.systemd_unit").unwrap().as_deref(),
+        Some("")
+    );
 
     n.stop().unwrap();
     n.append_conf("ha.peers = '127.0.0.1:1'").unwrap();
+    n.append_conf("ha.systemd_unit = ''").unwrap();
     n.append_conf("ha.agent_address = 'no-port-here'").unwrap();
     assert!(n.start().is_err(), "the server must refuse to start");
     assert!(n.log_contains(

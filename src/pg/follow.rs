@@ -148,9 +148,10 @@ impl Steward {
             needs_rewind: rewind,
             reclone: self.reclone,
             failpoint: &self.failpoint,
+            systemd_unit: &self.systemd_unit,
         }) {
-            Ok(pid) => {
-                log!("pg_ha: rejoin helper started (pid {pid}); see pg_ha_rejoin.log in the data directory");
+            Ok(what) => {
+                log!("pg_ha: rejoin helper started ({what}); see pg_ha_rejoin.log in the data directory");
                 self.rejoining = true;
             }
             Err(e) => warning!("pg_ha: cannot start the rejoin helper: {e}"),

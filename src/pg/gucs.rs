@@ -19,6 +19,7 @@ pub static AUTH_TOKEN_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CS
 pub static DEBUG_FAILPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RECLONE_ON_REWIND_FAILURE: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static METRICS_ADDRESS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static SYSTEMD_UNIT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// While `_PG_init` defines the settings, Postgres applies postgresql.conf values through the check
 /// hooks at WARNING level and silently keeps the default on failure. We want a hard error at start, so
@@ -41,6 +42,8 @@ pub struct AgentSettings {
     pub reclone_on_rewind_failure: bool,
     /// `ha.metrics_address`: where the agent serves `/metrics` and the health endpoints; `None` = off.
     pub metrics_address: Option<config::AgentAddr>,
+    /// `ha.systemd_unit` with its `.service` suffix; empty: the server is run by bare `pg_ctl`.
+    pub systemd_unit: String,
 }
 
 fn read(s: &GucSetting<Option<CString>>) -> String {
@@ -65,6 +68,9 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
     let tf = read(&AUTH_TOKEN_FILE);
     let metrics_address = config::parse_metrics_addr(&read(&METRICS_ADDRESS))
         .map_err(|e| format!("ha.metrics_address: {e}"))?;
+    let systemd_unit = config::parse_systemd_unit(&read(&SYSTEMD_UNIT))
+        .map_err(|e| format!("ha.systemd_unit: {e}"))?
+        .unwrap_or_default();
     Ok(AgentSettings {
         node_name,
         agent_address,
@@ -76,6 +82,7 @@ pub fn agent_settings() -> Result<AgentSettings, String> {
         failpoint: read(&DEBUG_FAILPOINT),
         reclone_on_rewind_failure: RECLONE_ON_REWIND_FAILURE.get(),
         metrics_address,
+        systemd_unit,
     })
 }
 
@@ -152,6 +159,9 @@ check_hook!(check_zone, "ha.zone", config::validate_zone);
 check_hook!(check_metrics_address, "ha.metrics_address", |v| {
     config::parse_metrics_addr(v).map(|_| ())
 });
+check_hook!(check_systemd_unit, "ha.systemd_unit", |v| {
+    config::parse_systemd_unit(v).map(|_| ())
+});
 
 /// Define every `ha.*` setting. Called once from `_PG_init`.
 pub fn define() {
@@ -210,6 +220,17 @@ pub fn define() {
             GucContext::Sighup,
             GucFlags::default(),
             Some(check_metrics_address),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ha.systemd_unit",
+            c"The systemd unit that runs this server (e.g. postgresql@15-main); empty: bare pg_ctl.",
+            c"When set, the rejoin helper runs as pg-ha-rejoin@<instance>.service and stops and starts the server with systemctl (README: Running under systemd).",
+            &SYSTEMD_UNIT,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_systemd_unit),
             None,
             None,
         );

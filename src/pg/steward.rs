@@ -65,6 +65,8 @@ pub struct Steward {
     pub failpoint: String,
     /// `ha.reclone_on_rewind_failure`.
     pub reclone: bool,
+    /// `ha.systemd_unit` (empty: bare pg_ctl).
+    pub systemd_unit: String,
     /// `ha.failover_timeout`.
     pub failover_timeout: std::time::Duration,
     /// Since when the pledge file has been known lost (waiting to relearn the highest term).
@@ -164,6 +166,7 @@ impl Steward {
             answered_at: None,
             failpoint: String::new(),
             reclone: false,
+            systemd_unit: String::new(),
             failover_timeout: std::time::Duration::from_secs(2),
             relearn_since: None,
             rejoin_failed_logged: false,

@@ -153,6 +153,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
     let mut steward = Steward::new(&settings.node_name, &settings.zone);
     steward.failpoint = settings.failpoint.clone();
     steward.reclone = settings.reclone_on_rewind_failure;
+    steward.systemd_unit = settings.systemd_unit.clone();
     steward.failover_timeout = Duration::from_millis(settings.failover_timeout_ms);
     if !settings.failpoint.is_empty() {
         warning!(
@@ -290,6 +291,7 @@ impl MainLoop {
                 }
                 self.steward.failpoint = s.failpoint.clone();
                 self.steward.reclone = s.reclone_on_rewind_failure;
+                self.steward.systemd_unit = s.systemd_unit.clone();
                 self.steward.failover_timeout = Duration::from_millis(s.failover_timeout_ms);
                 self.settings = s;
                 log!("pg_ha: configuration reloaded");
