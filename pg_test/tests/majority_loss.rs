@@ -147,7 +147,7 @@ fn majority_lost_no_failover_then_override_and_rejoin() {
     assert_eq!(after.len(), before.len() + 1);
     assert_eq!(
         after.last().unwrap(),
-        "2|node3|{node3}|zones 1|unsafe_force_leader"
+        "1001|node3|{node3}|zones 1|unsafe_force_leader"
     );
     assert!(survivor.log_contains(
         "WARNING:  pg_ha: unsafe_force_leader: node3 takes term 1001 WITHOUT a quorum"
@@ -195,6 +195,6 @@ fn majority_lost_no_failover_then_override_and_rejoin() {
     let last = history(survivor);
     assert_eq!(
         last.last().unwrap(),
-        "2|node3|{node1,node2,node3}|any 1|set_policy any 1"
+        "1001|node3|{node1,node2,node3}|any 1|set_policy any 1"
     );
 }
