@@ -49,6 +49,30 @@ server_start() { $SYSTEMCTL start "$UNIT"; }
 const SCRIPT: &str = r#"
 set -u
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S.%3N %Z') [$$] LOG:  pg_ha: rejoin: $*" | tee -a "$PGDATA/pg_ha_rejoin.log" >> "$SERVER_LOG"; }
+# The source went away before anything was changed here (it was killed or cut off after the agent
+# chose it): nothing to repair. Start again as a standby without upstream; the agent retries against
+# whoever leads by then. (A rewind that fails after it began is different: see below.)
+source_unreachable() {
+  log "$SOURCE_NAME is unreachable; nothing was rewound; restarting as a standby without upstream (the agent will retry)"
+  [ -n "${SAVE:-}" ] && [ -d "$SAVE" ] && cp -p "$SAVE"/* "$PGDATA/" 2>/dev/null && rm -rf "$SAVE"
+  touch "$PGDATA/standby.signal"
+  echo "primary_conninfo = ''" >> "$PGDATA/postgresql.auto.conf"
+  server_start >> "$PGDATA/pg_ha_rejoin.log" 2>&1
+  exit 0
+}
+# pg_rewind, its output kept for the log; fails like pg_rewind. Its first step is connecting to the
+# source: when that is what failed, nothing was changed yet.
+rewind() {
+  "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$SOURCE_CONNINFO" $REWIND_FAILPOINT_ARG > "$SAVE/pg_rewind.out" 2>&1
+  local rc=$?
+  cat "$SAVE/pg_rewind.out" >> "$PGDATA/pg_ha_rejoin.log"
+  if [ $rc -ne 0 ] && grep -q "^pg_rewind: error: connection to server" "$SAVE/pg_rewind.out"; then
+    rm -f "$SAVE/pg_rewind.out"
+    source_unreachable
+  fi
+  rm -f "$SAVE/pg_rewind.out"
+  return $rc
+}
 if [ "$NEEDS_REWIND" = yes ]; then
   log "stopping the server to rewind it against $SOURCE_NAME"
   server_stop_fast >> "$PGDATA/pg_ha_rejoin.log" 2>&1
@@ -62,7 +86,9 @@ if [ "$NEEDS_REWIND" = yes ]; then
   # pg_rewind reads the source's timeline from its control file, which a just-promoted server only
   # updates at its first checkpoint: without one it would say "no rewind required".
   log "asking $SOURCE_NAME for a checkpoint"
-  "$BINDIR/psql" -X -q "$SOURCE_CONNINFO" -c CHECKPOINT >> "$PGDATA/pg_ha_rejoin.log" 2>&1
+  if ! "$BINDIR/psql" -X -q "$SOURCE_CONNINFO" -c CHECKPOINT >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
+    source_unreachable
+  fi
   # pg_rewind copies the source's files wholesale, configuration included, and deletes files the source
   # lacks: keep this node's own configuration files and its pledge file, and put them back afterwards.
   SAVE=$(mktemp -d "$PGDATA/../pg_ha_rejoin_save.XXXXXX" 2>/dev/null || mktemp -d /tmp/pg_ha_rejoin_save.XXXXXX)
@@ -74,12 +100,13 @@ if [ "$NEEDS_REWIND" = yes ]; then
     [ -f "$f" ] && cp -p "$f" "$SAVE/"
   done
   log "running pg_rewind"
-  if [ "$FAILPOINT" = rewind_fails ]; then REWIND_SOURCE="host=127.0.0.1 port=1 connect_timeout=1"; else REWIND_SOURCE="$SOURCE_CONNINFO"; fi
-  if ! "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$REWIND_SOURCE" >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
+  # Test-only: an option pg_rewind refuses, so it fails without connecting (not a transient failure).
+  if [ "$FAILPOINT" = rewind_fails ]; then REWIND_FAILPOINT_ARG=--pg-ha-failpoint-rewind-fails; else REWIND_FAILPOINT_ARG=; fi
+  if ! rewind; then
     # A stopped-by-crash target must first finish recovery once; pg_rewind says so. Do it and retry.
     log "pg_rewind failed; letting the server finish crash recovery once and retrying"
     "$BINDIR/postgres" --single -D "$PGDATA" -c config_file="$CONFIG_FILE" postgres < /dev/null >> "$PGDATA/pg_ha_rejoin.log" 2>&1
-    if ! "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$REWIND_SOURCE" >> "$PGDATA/pg_ha_rejoin.log" 2>&1; then
+    if ! rewind; then
       if [ "$RECLONE" = yes ]; then
         log "pg_rewind failed again; re-cloning from $SOURCE_NAME with pg_basebackup (ha.reclone_on_rewind_failure = on)"
         cp -p "$PGDATA/pg_ha_rejoin.log" "$SAVE/" 2>/dev/null
@@ -469,6 +496,16 @@ mod tests {
                 .collect()
         }
 
+        /// Replace stub `name` with one that records its call, then runs `body`.
+        fn stub(&self, name: &str, body: &str) {
+            let p = self.dir.join("bin").join(name);
+            std::fs::write(
+                &p,
+                format!("#!/bin/bash\necho \"{name} $*\" >> \"$CALLS\"\n{body}\n"),
+            )
+            .unwrap();
+        }
+
         fn auto_conf(&self) -> String {
             std::fs::read_to_string(self.dir.join("data/postgresql.auto.conf")).unwrap()
         }
@@ -558,5 +595,49 @@ mod tests {
         let calls = sb.run_pg_ctl(false);
         starts(&calls, &["pg_ctl -D ", "pg_ctl -D "]);
         assert!(calls[0].ends_with("-m immediate -w stop"), "{calls:#?}");
+    }
+
+    /// Found by the fault campaign: the source was killed after the agent chose it. Neither failure
+    /// below changed anything, so no marker: the node restarts as a standby and the agent retries.
+    #[test]
+    fn unreachable_source_is_retried_not_marked_failed() {
+        let sb = Sandbox::new("unreach_ckpt", true);
+        sb.stub("psql", "exit 2");
+        let calls = sb.run_pg_ctl(true);
+        starts(&calls, &["pg_ctl -D ", "psql ", "pg_ctl -D "]);
+        assert!(calls[2].ends_with(" start"), "{calls:#?}");
+        assert!(!sb.dir.join("data/pg_ha.rejoin_failed").exists());
+        assert!(sb.dir.join("data/standby.signal").exists());
+        assert!(sb.auto_conf().ends_with("primary_conninfo = ''\n"));
+
+        let sb = Sandbox::new("unreach_rewind", true);
+        sb.stub(
+            "pg_rewind",
+            "echo 'pg_rewind: error: connection to server at \"10.0.0.2\", port 5432 failed: Connection refused' >&2; exit 1",
+        );
+        let calls = sb.run_pg_ctl(true);
+        starts(&calls, &["pg_ctl -D ", "psql ", "pg_rewind ", "pg_ctl -D "]);
+        assert!(!sb.dir.join("data/pg_ha.rejoin_failed").exists());
+        assert!(sb.auto_conf().ends_with("primary_conninfo = ''\n"));
+    }
+
+    /// A rewind that fails for another reason (here: the test failpoint's refused option) still leaves
+    /// the marker.
+    #[test]
+    fn other_rewind_failures_leave_the_marker() {
+        let sb = Sandbox::new("other_fail", false);
+        let calls = sb.run_pg_ctl(true);
+        starts(
+            &calls,
+            &[
+                "pg_ctl -D ",
+                "psql ",
+                "pg_rewind ",
+                "postgres --single",
+                "pg_rewind ",
+                "pg_ctl -D ",
+            ],
+        );
+        assert!(sb.dir.join("data/pg_ha.rejoin_failed").exists());
     }
 }
