@@ -157,6 +157,20 @@ impl Cluster {
         self.write_file(&n1.data_dir.join("pg_hba.conf"), &conf::hba(&cidrs))?;
         self.write_node_conf(0)?;
         n1.start()?;
+        if spec.preload_pg_ha {
+            // Sessions start read-only until the agent's first pass opens the fence of a primary no
+            // ruleset knows about (the fence holds from the first transaction, I6).
+            wait_until(
+                timeout,
+                "node1's agent to open the fence of a fresh primary",
+                || {
+                    Ok(n1
+                        .query_value("SHOW default_transaction_read_only")?
+                        .as_deref()
+                        == Some("off"))
+                },
+            )?;
+        }
         if spec.create_extension {
             n1.query_strings("CREATE EXTENSION pg_ha")?;
         }
