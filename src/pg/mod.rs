@@ -15,5 +15,6 @@ pub mod request;
 pub mod shmem;
 pub mod steward;
 pub mod takeover;
+pub mod timeline;
 pub mod walsnd;
 pub mod worker;

@@ -201,6 +201,16 @@ impl Steward {
                 req.coordinator
             );
             let t0 = Instant::now();
+            // The new timeline's ID is the term (unique per promotion; see timeline.rs).
+            match super::timeline::reserve(&self.data_dir, u64::from(before.timeline), req.term) {
+                Ok(0) => {}
+                Ok(n) => log!(
+                    "pg_ha: reserved {n} timeline IDs after {} so that the new timeline is {}",
+                    before.timeline,
+                    req.term
+                ),
+                Err(e) => return fail(format!("cannot reserve timeline IDs up to the term: {e}")),
+            }
             let ok = BackgroundWorker::transaction(|| {
                 catalog::select_one::<bool>("SELECT pg_promote(true, 60)")
             });
