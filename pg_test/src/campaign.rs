@@ -119,6 +119,9 @@ pub fn run(opts: &Options) -> Result<Outcome> {
         policy: Some(opts.policy.clone()),
         failover_timeout_ms: Some(opts.failover_timeout_ms),
         netns: true,
+        // As an unattended deployment would run: a rewind the fault interrupted half-way leaves a data
+        // directory only a new base backup repairs (otherwise the node waits for an operator, by design).
+        extra_conf: vec!["ha.reclone_on_rewind_failure = on".into()],
         ..ClusterSpec::ha(opts.nodes)
     })?;
     c.node(0).query_strings("CREATE TABLE probe(x int)")?;

@@ -66,11 +66,16 @@ rewind() {
   "$BINDIR/pg_rewind" -D "$PGDATA" --source-server="$SOURCE_CONNINFO" $REWIND_FAILPOINT_ARG > "$SAVE/pg_rewind.out" 2>&1
   local rc=$?
   cat "$SAVE/pg_rewind.out" >> "$PGDATA/pg_ha_rejoin.log"
-  if [ $rc -ne 0 ] && grep -q "^pg_rewind: error: connection to server" "$SAVE/pg_rewind.out"; then
+  if [ $rc -ne 0 ] && [ "${REWIND_BEGAN:-no}" != yes ] \
+     && grep -q "^pg_rewind: error: connection to server" "$SAVE/pg_rewind.out"; then
     rm -f "$SAVE/pg_rewind.out"
     source_unreachable
   fi
   rm -f "$SAVE/pg_rewind.out"
+  # This attempt got past connecting: from here on the data directory may have been changed, and a
+  # later attempt's connection failure no longer means "nothing was rewound" (found by the campaign:
+  # the source killed in the middle of a rewind).
+  REWIND_BEGAN=yes
   return $rc
 }
 if [ "$NEEDS_REWIND" = yes ]; then
@@ -111,7 +116,18 @@ if [ "$NEEDS_REWIND" = yes ]; then
         log "pg_rewind failed again; re-cloning from $SOURCE_NAME with pg_basebackup (ha.reclone_on_rewind_failure = on)"
         cp -p "$PGDATA/pg_ha_rejoin.log" "$SAVE/" 2>/dev/null
         find "$PGDATA" -mindepth 1 -delete
-        if ! "$BINDIR/pg_basebackup" -D "$PGDATA" -d "$SOURCE_CONNINFO" -X stream -c fast >> "$SAVE/pg_ha_rejoin.log" 2>&1; then
+        # The source may be down for a moment (killed, restarting): retry for two minutes.
+        CLONED=no
+        for attempt in $(seq 1 60); do
+          if "$BINDIR/pg_basebackup" -D "$PGDATA" -d "$SOURCE_CONNINFO" -X stream -c fast >> "$SAVE/pg_ha_rejoin.log" 2>&1; then
+            CLONED=yes
+            break
+          fi
+          [ "$attempt" = 1 ] && log "pg_basebackup from $SOURCE_NAME failed; retrying every 2 s for 2 minutes"
+          find "$PGDATA" -mindepth 1 -delete
+          sleep 2
+        done
+        if [ "$CLONED" != yes ]; then
           log "pg_basebackup failed; this node needs an operator (data directory is empty; see $SAVE)"
           exit 1
         fi
@@ -626,6 +642,30 @@ mod tests {
     #[test]
     fn other_rewind_failures_leave_the_marker() {
         let sb = Sandbox::new("other_fail", false);
+        let calls = sb.run_pg_ctl(true);
+        starts(
+            &calls,
+            &[
+                "pg_ctl -D ",
+                "psql ",
+                "pg_rewind ",
+                "postgres --single",
+                "pg_rewind ",
+                "pg_ctl -D ",
+            ],
+        );
+        assert!(sb.dir.join("data/pg_ha.rejoin_failed").exists());
+    }
+
+    /// Found by the fault campaign: the source died in the middle of a rewind, and the retry's
+    /// connection failure must not be taken for "nothing was rewound".
+    #[test]
+    fn a_connection_failure_after_a_rewind_began_is_not_transient() {
+        let sb = Sandbox::new("began", true);
+        sb.stub(
+            "pg_rewind",
+            "if [ -f \"$CALLS.began\" ]; then echo 'pg_rewind: error: connection to server at \"10.0.0.2\", port 5432 failed: Connection refused' >&2; else touch \"$CALLS.began\"; echo 'pg_rewind: error: unexpected result while fetching remote files' >&2; fi; exit 1",
+        );
         let calls = sb.run_pg_ctl(true);
         starts(
             &calls,
