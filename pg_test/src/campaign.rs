@@ -285,7 +285,7 @@ fn inject(
         }
         Fault::Restart => {
             let i = rng.below(n as u64) as usize;
-            c.node(i).restart()?;
+            nem.restart(c, i)?;
             format!("restart {}", name(i))
         }
     };

@@ -60,8 +60,12 @@ impl Nemesis {
         }
     }
 
-    /// SIGSTOP every process of node `i` (its agent included).
+    /// SIGSTOP every process of node `i` (its agent included). A node that is down at this moment (its
+    /// agent is rewinding it) is left as it is.
     pub fn freeze(&self, c: &Cluster, i: usize) -> Result<()> {
+        if !c.node(i).is_running() {
+            return Ok(());
+        }
         c.node(i).sigstop()?;
         self.lock_frozen().insert(i);
         Ok(())
@@ -78,10 +82,29 @@ impl Nemesis {
         self.lock_frozen().contains(&i)
     }
 
-    /// SIGKILL node `i`'s postmaster (a crash).
+    /// SIGKILL node `i`'s postmaster (a crash). A node that is down at this moment (its agent is
+    /// rewinding it) is left as it is.
     pub fn kill(&self, c: &Cluster, i: usize) -> Result<()> {
         self.lock_frozen().remove(&i);
-        c.node(i).kill9()
+        let n = c.node(i);
+        match n.kill9() {
+            Err(_) if !n.is_running() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Restart node `i` (fast shutdown, start), or wait for the agent's own restart if it is rewinding
+    /// the node meanwhile.
+    pub fn restart(&self, c: &Cluster, i: usize) -> Result<()> {
+        let n = c.node(i);
+        if n.is_running() {
+            if let Err(e) = n.stop() {
+                if n.is_running() {
+                    return Err(e);
+                }
+            }
+        }
+        start_unless_restarted(n)
     }
 
     /// Undoes every fault: heal the network, thaw frozen nodes, start nodes that are down.
