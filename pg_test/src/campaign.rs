@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::checker::{check, converge, CheckReport};
+use crate::checker::{check, converge, tagged_load, writable_leader, CheckReport};
 use crate::error::{err, Result};
 use crate::nemesis::Nemesis;
-use crate::wait::wait_until_ok;
-use crate::{write_load_with, Cluster, ClusterSpec, LoadOptions};
+use crate::wait::{wait_until, wait_until_ok};
+use crate::{Cluster, ClusterSpec};
 
 /// The faults a round can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -126,15 +126,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     })?;
     c.node(0).query_strings("CREATE TABLE probe(x int)")?;
     let nem = Nemesis::new();
-    let load = write_load_with(
-        &c.multi_host_conninfo(),
-        LoadOptions {
-            netns: c.client_netns(),
-            record_term: true,
-            statement_timeout: Duration::from_secs(3),
-            ..Default::default()
-        },
-    )?;
+    let load = tagged_load(&c)?;
     let mut rng = Rng(opts.seed);
     let mut mix: BTreeMap<String, usize> = BTreeMap::new();
     for round in 1..=opts.faults {
@@ -187,23 +179,13 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     })
 }
 
-/// The leader once it accepts writes (out of band, into `probe`) and every node runs (a node the agent is
-/// rewinding is down for a moment; faults pick among running nodes).
+/// The leader once it accepts writes and every node runs (a node the agent is rewinding is down for a
+/// moment; faults pick among running nodes).
 fn leader_accepting_writes(c: &Cluster, nem: &Nemesis, timeout: Duration) -> Result<usize> {
-    wait_until_ok(
-        timeout,
-        "a leader accepting writes, every node running",
-        || {
-            if !c.nodes().iter().all(|n| n.is_running()) {
-                return Ok(None);
-            }
-            Ok(nem.leader(c).filter(|&i| {
-                c.node(i)
-                    .query_strings("INSERT INTO probe VALUES (1)")
-                    .is_ok()
-            }))
-        },
-    )
+    wait_until(timeout, "every node running", || {
+        Ok(c.nodes().iter().all(|n| n.is_running()))
+    })?;
+    writable_leader(c, nem, timeout)
 }
 
 /// Injects `fault` (around the current `leader`) and holds it for `hold`; returns what it did.

@@ -116,18 +116,37 @@ fn head(v: &[i64]) -> &[i64] {
     &v[..v.len().min(20)]
 }
 
-/// Undo every fault and wait until the cluster has one history: one leader that accepts writes (into
-/// `probe`, which must exist), every other node its follower, all replayed up to the leader's WAL.
-/// Returns the leader's index.
-pub fn converge(c: &Cluster, nem: &Nemesis, timeout: Duration) -> Result<usize> {
-    nem.recover(c)?;
-    let leader = wait_until_ok(timeout, "one leader accepting writes", || {
+/// The checker's write load: from the client namespace, recording the node and term of every
+/// acknowledgement (what [`check`] needs).
+pub fn tagged_load(c: &Cluster) -> Result<crate::WriteLoad> {
+    crate::write_load_with(
+        &c.multi_host_conninfo(),
+        crate::LoadOptions {
+            netns: c.client_netns(),
+            record_term: true,
+            statement_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+}
+
+/// Wait until the leader accepts a write (out of band, into `probe`); returns its index.
+pub fn writable_leader(c: &Cluster, nem: &Nemesis, timeout: Duration) -> Result<usize> {
+    wait_until_ok(timeout, "one leader accepting writes", || {
         Ok(nem.leader(c).filter(|&i| {
             c.node(i)
                 .query_strings("INSERT INTO probe VALUES (1)")
                 .is_ok()
         }))
-    })?;
+    })
+}
+
+/// Undo every fault and wait until the cluster has one history: one leader that accepts writes (into
+/// `probe`, which must exist), every other node its follower, all replayed up to the leader's WAL.
+/// Returns the leader's index.
+pub fn converge(c: &Cluster, nem: &Nemesis, timeout: Duration) -> Result<usize> {
+    nem.recover(c)?;
+    let leader = writable_leader(c, nem, timeout)?;
     for (i, n) in c.nodes().iter().enumerate() {
         if i != leader {
             crate::ha::wait_follower(n, timeout)?;

@@ -4,10 +4,8 @@
 //!
 //! Needs root, `ip` and `nft`; elsewhere each test prints why it is skipped and passes.
 
-use pg_test::checker::{check, converge};
-use pg_test::{
-    ha, wait_until, write_load_with, Cluster, ClusterSpec, LoadOptions, Nemesis, WriteLoad,
-};
+use pg_test::checker::{check, converge, tagged_load};
+use pg_test::{ha, wait_until, Cluster, ClusterSpec, Nemesis, WriteLoad};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -29,16 +27,7 @@ fn cluster(n: usize, policy: &str) -> Cluster {
 
 /// A write load from the client namespace that records the node and term of every acknowledgement.
 fn load(c: &Cluster) -> WriteLoad {
-    let l = write_load_with(
-        &c.multi_host_conninfo(),
-        LoadOptions {
-            netns: c.client_netns(),
-            record_term: true,
-            statement_timeout: Duration::from_secs(3),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let l = tagged_load(c).unwrap();
     l.wait_for_more_acks(50, T).unwrap();
     l
 }

@@ -130,18 +130,11 @@ impl Steward {
         );
         if wal.in_recovery {
             warning!("pg_ha: unsafe_force_leader: promoting this standby");
-            if let Err(e) =
-                super::timeline::reserve(&self.data_dir, u64::from(wal.timeline), term.0)
+            if let Err(e) = super::takeover::promote_for_term(&self.data_dir, wal.timeline, term.0)
             {
-                warning!("pg_ha: unsafe_force_leader: cannot reserve timeline IDs up to the term ({e}); Postgres picks the next one");
-            }
-            let ok = BackgroundWorker::transaction(|| {
-                catalog::select_one::<bool>("SELECT pg_promote(true, 60)")
-            });
-            if ok != Some(true) {
                 return Err((
                     "58000",
-                    format!("pg_promote did not complete within 60 s; the pledge for term {term} is kept, no ruleset row was written"),
+                    format!("{e}; the pledge for term {term} is kept, no ruleset row was written"),
                 ));
             }
         }

@@ -637,23 +637,24 @@ mod tests {
         assert!(sb.auto_conf().ends_with("primary_conninfo = ''\n"));
     }
 
+    /// The bare helper's calls when both pg_rewind attempts fail: stop, checkpoint, rewind, crash
+    /// recovery, rewind again, start (as a standby, with the marker).
+    const FAILED_REWIND_CALLS: &[&str] = &[
+        "pg_ctl -D ",
+        "psql ",
+        "pg_rewind ",
+        "postgres --single",
+        "pg_rewind ",
+        "pg_ctl -D ",
+    ];
+
     /// A rewind that fails for another reason (here: the test failpoint's refused option) still leaves
     /// the marker.
     #[test]
     fn other_rewind_failures_leave_the_marker() {
         let sb = Sandbox::new("other_fail", false);
         let calls = sb.run_pg_ctl(true);
-        starts(
-            &calls,
-            &[
-                "pg_ctl -D ",
-                "psql ",
-                "pg_rewind ",
-                "postgres --single",
-                "pg_rewind ",
-                "pg_ctl -D ",
-            ],
-        );
+        starts(&calls, FAILED_REWIND_CALLS);
         assert!(sb.dir.join("data/pg_ha.rejoin_failed").exists());
     }
 
@@ -667,17 +668,7 @@ mod tests {
             "if [ -f \"$CALLS.began\" ]; then echo 'pg_rewind: error: connection to server at \"10.0.0.2\", port 5432 failed: Connection refused' >&2; else touch \"$CALLS.began\"; echo 'pg_rewind: error: unexpected result while fetching remote files' >&2; fi; exit 1",
         );
         let calls = sb.run_pg_ctl(true);
-        starts(
-            &calls,
-            &[
-                "pg_ctl -D ",
-                "psql ",
-                "pg_rewind ",
-                "postgres --single",
-                "pg_rewind ",
-                "pg_ctl -D ",
-            ],
-        );
+        starts(&calls, FAILED_REWIND_CALLS);
         assert!(sb.dir.join("data/pg_ha.rejoin_failed").exists());
     }
 }

@@ -201,21 +201,8 @@ impl Steward {
                 req.coordinator
             );
             let t0 = Instant::now();
-            // The new timeline's ID is the term (unique per promotion; see timeline.rs).
-            match super::timeline::reserve(&self.data_dir, u64::from(before.timeline), req.term) {
-                Ok(0) => {}
-                Ok(n) => log!(
-                    "pg_ha: reserved {n} timeline IDs after {} so that the new timeline is {}",
-                    before.timeline,
-                    req.term
-                ),
-                Err(e) => return fail(format!("cannot reserve timeline IDs up to the term: {e}")),
-            }
-            let ok = BackgroundWorker::transaction(|| {
-                catalog::select_one::<bool>("SELECT pg_promote(true, 60)")
-            });
-            if ok != Some(true) {
-                return fail("pg_promote did not complete within 60 s".into());
+            if let Err(e) = promote_for_term(&self.data_dir, before.timeline, req.term) {
+                return fail(e);
             }
             log!("pg_ha: promoted in {} ms", t0.elapsed().as_millis());
         }
@@ -245,4 +232,27 @@ impl Steward {
             timeline: wal.timeline,
         }
     }
+}
+
+/// Promote this standby for `term`, the new timeline's ID being the term (unique per promotion; see
+/// timeline.rs): reserve the IDs in between, then `pg_promote` (waiting up to 60 s).
+pub(crate) fn promote_for_term(
+    data_dir: &std::path::Path,
+    timeline: u32,
+    term: u64,
+) -> Result<(), String> {
+    match super::timeline::reserve(data_dir, u64::from(timeline), term) {
+        Ok(0) => {}
+        Ok(n) => log!(
+            "pg_ha: reserved {n} timeline IDs after {timeline} so that the new timeline is {term}"
+        ),
+        Err(e) => return Err(format!("cannot reserve timeline IDs up to the term: {e}")),
+    }
+    let ok = BackgroundWorker::transaction(|| {
+        catalog::select_one::<bool>("SELECT pg_promote(true, 60)")
+    });
+    if ok != Some(true) {
+        return Err("pg_promote did not complete within 60 s".into());
+    }
+    Ok(())
 }
