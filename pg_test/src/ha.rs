@@ -84,3 +84,13 @@ pub fn add_members(leader: &Node, members: &[&str], policy: &str, timeout: Durat
     leader.query_strings(&format!("SELECT ha.set_policy('{policy}')"))?;
     Ok(())
 }
+
+/// `n`'s `ha.history`, one `term|leader|cohort|policy|reason` line per row, oldest first.
+pub fn history(n: &Node) -> Result<Vec<String>> {
+    Ok(n.query_strings(
+        "SELECT format('%s|%s|%s|%s|%s', term, leader, cohort, policy, reason) FROM ha.history",
+    )?
+    .into_iter()
+    .map(|r| r[0].clone().unwrap_or_default())
+    .collect())
+}

@@ -82,6 +82,15 @@ impl ClusterSpec {
         }
     }
 
+    /// [`ClusterSpec::ha`] with policy `any 1` and a 1.5 s failover timeout: what most leadership tests use.
+    pub fn ha_any1(n: usize) -> Self {
+        ClusterSpec {
+            policy: Some("any 1".into()),
+            failover_timeout_ms: Some(1500),
+            ..ClusterSpec::ha(n)
+        }
+    }
+
     /// Zone of node `i` (0-based).
     pub fn zone(&self, i: usize) -> String {
         self.zones

@@ -14,13 +14,7 @@ fn ha3(policy: &str) -> Cluster {
 }
 
 fn history(n: &Node) -> Vec<String> {
-    n.query_strings(
-        "SELECT format('%s|%s|%s|%s|%s', term, leader, cohort, policy, reason) FROM ha.history",
-    )
-    .unwrap()
-    .into_iter()
-    .map(|r| r[0].clone().unwrap_or_default())
-    .collect()
+    ha::history(n).unwrap()
 }
 
 /// I5: bootstrap, two add_members and set_policy each write a ruleset row; every node holds them and

@@ -6,12 +6,7 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(60);
 
 fn ha3() -> Cluster {
-    Cluster::start(ClusterSpec {
-        policy: Some("any 1".into()),
-        failover_timeout_ms: Some(1500),
-        ..ClusterSpec::ha(3)
-    })
-    .unwrap()
+    Cluster::start(ClusterSpec::ha_any1(3)).unwrap()
 }
 
 fn wait_new_leader<'a>(c: &'a Cluster, not: &str) -> &'a Node {

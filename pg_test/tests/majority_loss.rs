@@ -11,13 +11,7 @@ const CONFIRM: &str = "I accept losing acknowledged writes";
 const FAILOVER_TIMEOUT: Duration = Duration::from_millis(1500);
 
 fn history(n: &Node) -> Vec<String> {
-    n.query_strings(
-        "SELECT format('%s|%s|%s|%s|%s', term, leader, cohort, policy, reason) FROM ha.history",
-    )
-    .unwrap()
-    .into_iter()
-    .map(|r| r[0].clone().unwrap_or_default())
-    .collect()
+    ha::history(n).unwrap()
 }
 
 /// `role:member` of `name` in `viewer`'s `ha.status`.

@@ -17,12 +17,7 @@ const SQL_LEADER: &str = "SELECT NOT pg_is_in_recovery() AND current_setting('de
 const SQL_REPLICA: &str = "SELECT pg_is_in_recovery() AND healthy AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') FROM ha.status WHERE is_self";
 
 fn ha3() -> Cluster {
-    Cluster::start(ClusterSpec {
-        policy: Some("any 1".into()),
-        failover_timeout_ms: Some(1500),
-        ..ClusterSpec::ha(3)
-    })
-    .unwrap()
+    Cluster::start(ClusterSpec::ha_any1(3)).unwrap()
 }
 
 /// Turn `ha.metrics_address` on for every node (a reload setting), adding the `extra` lines of that

@@ -8,12 +8,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 fn ha3() -> Cluster {
-    let c = Cluster::start(ClusterSpec {
-        policy: Some("any 1".into()),
-        failover_timeout_ms: Some(1500),
-        ..ClusterSpec::ha(3)
-    })
-    .unwrap();
+    let c = Cluster::start(ClusterSpec::ha_any1(3)).unwrap();
     c.node(0)
         .query_strings("SELECT ha.pause(); CREATE TABLE probe(x int)")
         .unwrap();

@@ -18,13 +18,7 @@ struct Rules {
 }
 
 fn history(n: &Node) -> Vec<String> {
-    n.query_strings(
-        "SELECT format('%s|%s|%s|%s|%s', term, leader, cohort, policy, reason) FROM ha.history",
-    )
-    .unwrap()
-    .into_iter()
-    .map(|r| r[0].clone().unwrap_or_default())
-    .collect()
+    ha::history(n).unwrap()
 }
 
 fn ssn(n: &Node) -> String {
