@@ -339,6 +339,30 @@ impl Node {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `psql` (this Postgres' own) as the postgres account with `conninfo_extra` added to the node's
+    /// connection string (e.g. `replication=true`, `replication=database user=app`) and `-c sql`; the
+    /// output on success, the error text (psql's stderr) on failure.
+    pub fn psql(&self, conninfo_extra: &str, sql: &str) -> Result<String> {
+        let mut cmd = pg_command_in(&self.user, "psql", &self.dir, self.netns.as_deref());
+        let host = if self.netns.is_some() {
+            self.dir.to_string_lossy().into_owned()
+        } else {
+            self.host.clone()
+        };
+        cmd.arg("-X")
+            .arg("-A")
+            .arg("-t")
+            .arg("-v")
+            .arg("ON_ERROR_STOP=1");
+        cmd.arg("-d").arg(format!(
+            "host={host} port={} dbname=postgres user=postgres connect_timeout=5 {conninfo_extra}",
+            self.pg_port
+        ));
+        cmd.arg("-c").arg(sql);
+        let out = run(cmd, LIFECYCLE_TIMEOUT)?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     // ---- log ----
 
     /// The whole server log ("" if none yet).

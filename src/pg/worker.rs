@@ -52,6 +52,29 @@ fn load_token(settings: &gucs::AgentSettings) -> Option<String> {
     }
 }
 
+/// Failpoint `agent_hold_at_start` (testing only): the agent does nothing until the file
+/// `pg_ha_failpoint_release` appears in the data directory (it is then removed), so a test can look at a
+/// node whose agent has not decided anything yet. False if the agent was asked to stop meanwhile.
+fn hold_at_start() -> bool {
+    // SAFETY: DataDir is set before any worker starts; plain read.
+    let data_dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }
+        .to_string_lossy()
+        .into_owned();
+    let release = std::path::Path::new(&data_dir).join("pg_ha_failpoint_release");
+    log!(
+        "pg_ha: failpoint agent_hold_at_start: holding until {} exists",
+        release.display()
+    );
+    while !release.exists() {
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(50))) {
+            return false;
+        }
+    }
+    let _ = std::fs::remove_file(&release);
+    log!("pg_ha: failpoint agent_hold_at_start: released");
+    true
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
@@ -92,6 +115,9 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         settings.failover_timeout_ms
     );
 
+    if settings.failpoint == "agent_hold_at_start" && !hold_at_start() {
+        return;
+    }
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<Command>();
     let shared = Arc::new(Shared {
         snapshot: RwLock::new(NodeSnapshot::default()),
