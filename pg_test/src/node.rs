@@ -97,8 +97,15 @@ impl Node {
             .connect(postgres::NoTls)
             .map_err(|e| {
                 err(format!(
-                    "connect to {} ({}:{}) as {user}: {e}",
-                    self.name, self.host, self.pg_port
+                    "connect to {} ({}:{}) as {user}: {}",
+                    self.name,
+                    self.host,
+                    self.pg_port,
+                    match e.as_db_error() {
+                        Some(db) =>
+                            format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+                        None => e.to_string(),
+                    }
                 ))
             })?;
         Ok(client)
