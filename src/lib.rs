@@ -34,6 +34,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     pg::shmem::init();
     pg::gate_shmem::init();
+    pg::admission::init();
     pg::request::init();
     pg::hooks::install();
     pg::worker::register();

@@ -5,15 +5,16 @@
 //! - XACT_EVENT_PRE_COMMIT: the backstop of the fence for anything else that wrote (DDL, COPY, ...):
 //!   the transaction aborts with pg_ha's error.
 //! - XACT_EVENT_COMMIT: the commit gate (`commit_gate`).
-//! - ClientAuthentication: a session that starts while the fence is closed gets
-//!   `default_transaction_read_only = on`, which libpq reads at connection time, so
+//! - ClientAuthentication: a primary that has not established since it started admits no application
+//!   session and holds replication connections (`admission`); a session that starts while the fence is
+//!   closed gets `default_transaction_read_only = on`, which libpq reads at connection time, so
 //!   `target_session_attrs=read-write` skips this node.
 //!
 //! Who is subject to them: client backends and background workers of other extensions. Exempt: the
 //! pg_ha agent itself (it writes its ruleset rows before the fence opens and waits for their
 //! durability on its own terms), autovacuum, walsenders and other auxiliary processes.
 
-use super::{commit_gate, gate_shmem, shmem};
+use super::{admission, commit_gate, gate_shmem, shmem};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::ffi::{c_int, c_void};
@@ -117,6 +118,10 @@ unsafe extern "C-unwind" fn client_authentication(port: *mut c_void, status: c_i
     unsafe {
         if let Some(prev) = PREV_CLIENT_AUTH {
             prev(port, status);
+        }
+        // STATUS_OK: authentication succeeded (a failure is reported by Postgres itself).
+        if status == 0 {
+            admission::check(port.cast());
         }
         if shmem::available() && !gate_shmem::fence_open() {
             pg_sys::SetConfigOption(

@@ -1,6 +1,7 @@
 //! The thin Postgres layer: the only code that touches `pg_sys`, SPI, GUCs and shared memory.
 //! Everything here runs on the thread that runs Postgres (a backend, or the agent's main thread).
 
+pub mod admission;
 pub mod alter_system;
 pub mod catalog;
 pub mod commit_gate;

@@ -470,6 +470,11 @@ impl Steward {
                     .is_some_and(|t| *t <= newest.term.0)
             })
             .count();
+        if agreeing * 2 > n {
+            // No higher term can exist: standbys may stream from this node (establishment needs them;
+            // a restarted primary holds replication connections until now, see admission.rs).
+            super::admission::allow_streaming();
+        }
         // The rules must also hold for what this leader already has (its term's ruleset row, I5/step 7):
         // under the commit rules in force, and under the newest row and its prior membership (a row
         // built on a change that may not have been acknowledged; found by the model checker).
@@ -487,6 +492,7 @@ impl Steward {
         }
         if agreeing * 2 > n {
             gate_shmem::set_fence(true);
+            super::admission::established();
             log!(
                 "pg_ha: established as leader of term {} (ruleset v{}); {} of {} members confirm no higher term; writes allowed",
                 newest.term,

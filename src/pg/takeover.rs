@@ -254,5 +254,8 @@ pub(crate) fn promote_for_term(
     if ok != Some(true) {
         return Err("pg_promote did not complete within 60 s".into());
     }
+    // Promoted for a coordinator (or the operator's override): followers must be able to stream from
+    // this node for it to establish.
+    super::admission::allow_streaming();
     Ok(())
 }
