@@ -137,7 +137,7 @@ pub unsafe fn check(port: *mut pg_sys::Port) {
     if walsender && !db_walsender {
         let deadline = Instant::now() + HOLD;
         while !serves_streaming() {
-            if gate_shmem::deposed() || Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 refuse("replication connections");
             }
             // SAFETY: this backend's latch; a short sleep while the agent decides.

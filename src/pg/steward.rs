@@ -491,6 +491,9 @@ impl Steward {
             return;
         }
         if agreeing * 2 > n {
+            // This node leads the highest term a majority knows: whatever deposed it before (a pledge
+            // to the term it now leads) is over.
+            gate_shmem::DEPOSED.get().store(false, Ordering::SeqCst);
             gate_shmem::set_fence(true);
             super::admission::established();
             log!(

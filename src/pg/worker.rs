@@ -230,7 +230,15 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
                     let _ = reply.send(answer);
                 }
                 Command::Promote { req, reply } => {
-                    let _ = reply.send(state.steward.handle_promote(&req));
+                    let answer = state.steward.handle_promote(&req);
+                    let promoted = answer.ok;
+                    let _ = reply.send(answer);
+                    if promoted {
+                        // The new term's row was just written: this pass must not act on the rows read
+                        // before it (a re-elected leader would adopt its old ruleset and, its pledge
+                        // being above that row's term, depose itself).
+                        state.refresh_self();
+                    }
                 }
             }
         }
