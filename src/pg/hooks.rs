@@ -13,7 +13,7 @@
 //! pg_ha agent itself (it writes its ruleset rows before the fence opens and waits for their
 //! durability on its own terms), autovacuum, walsenders and other auxiliary processes.
 
-use super::{commit_gate, gate_shmem, shmem};
+use super::{backend_failpoint, commit_gate, gate_shmem, shmem};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::ffi::{c_int, c_void};
@@ -103,6 +103,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
             if wrote && !gate_shmem::fence_open() {
                 refuse_writes();
+            }
+            if wrote {
+                backend_failpoint::after_fence_check();
             }
             commit_gate::on_pre_commit(wrote);
         }

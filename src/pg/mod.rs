@@ -2,6 +2,7 @@
 //! Everything here runs on the thread that runs Postgres (a backend, or the agent's main thread).
 
 pub mod alter_system;
+pub mod backend_failpoint;
 pub mod catalog;
 pub mod commit_gate;
 pub mod follow;

@@ -1,0 +1,192 @@
+//! Holes in the commit gate and the fence (issue 12, items 1, 8, 5 and 4), each forced on a real
+//! cluster. Each test names the invariant it checks. Automatic failover is paused (`ha.pause()`) so
+//! that only the test decides when a leader is deposed (by sending it a `Pledge` itself).
+
+use pg_test::{wait_until, Cluster, ClusterSpec, Node};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A 3-node `any 1` cluster with table `t`, automatic failover paused, and `extra` settings.
+fn ha3(extra: &[&str]) -> Cluster {
+    let c = Cluster::start(ClusterSpec {
+        extra_conf: extra.iter().map(|s| s.to_string()).collect(),
+        ..ClusterSpec::ha_any1(3)
+    })
+    .unwrap();
+    c.node(0)
+        .query_strings("SELECT ha.pause(); CREATE TABLE t(x int)")
+        .unwrap();
+    c.wait_replayed(c.node(0), T).unwrap();
+    c
+}
+
+/// How a statement sent by a client ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// Acknowledged: the client got CommandComplete / ReadyForQuery.
+    Acked,
+    /// The server sent an error message: severity, SQLSTATE and text.
+    ServerError(String),
+    /// The connection ended without a message from the server.
+    Closed(String),
+}
+
+fn outcome(r: Result<(), postgres::Error>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Acked,
+        Err(e) => match e.as_db_error() {
+            Some(db) => Outcome::ServerError(format!(
+                "{}: {} ({})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )),
+            None => Outcome::Closed(e.to_string()),
+        },
+    }
+}
+
+/// A statement running in a client thread.
+struct Pending {
+    pid: i32,
+    rx: Receiver<Outcome>,
+    got: Option<Outcome>,
+}
+
+impl Pending {
+    /// The outcome, waiting for it up to `T`.
+    fn wait(mut self) -> Outcome {
+        if let Some(o) = self.got.take() {
+            return o;
+        }
+        self.rx.recv_timeout(T).unwrap_or_else(|_| {
+            panic!(
+                "backend {}'s client did not hear back within {T:?}",
+                self.pid
+            )
+        })
+    }
+}
+
+/// Run `setup` on a new connection to `n`, then `sql` in a thread.
+fn spawn_sql(n: &Node, setup: &str, sql: &str) -> Pending {
+    let mut client = n.connect().unwrap();
+    client.batch_execute(setup).unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sql = sql.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(outcome(client.batch_execute(&sql)));
+    });
+    Pending { pid, rx, got: None }
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').expect("an LSN X/Y");
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// The number of times `n`'s agent has reloaded its settings.
+fn agent_reloads(n: &Node) -> usize {
+    n.read_log()
+        .matches("pg_ha: configuration reloaded")
+        .count()
+}
+
+/// Set `ha.debug_failpoint` on `n` and wait until the server has reloaded it (the agent's reload
+/// follows the postmaster's, so new sessions see it).
+fn set_failpoint(n: &Node, fp: &str) {
+    let before = agent_reloads(n);
+    n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))
+        .unwrap();
+    n.reload().unwrap();
+    wait_until(
+        T,
+        &format!("{}'s agent to use failpoint '{fp}'", n.name()),
+        || Ok(agent_reloads(n) > before),
+    )
+    .unwrap();
+}
+
+/// Depose `n` the way a coordinator of a higher term would: a `Pledge` for the next term. Returns
+/// the flush position `n` reported with its pledge.
+fn depose(n: &Node) -> u64 {
+    let s = n.agent_status().unwrap();
+    let term = s.term.max(s.pledged_term) + 1;
+    let reply = n.agent_pledge(term, "pg_test").unwrap();
+    assert!(
+        reply.accepted,
+        "{} refused the pledge for term {term}: {}",
+        n.name(),
+        reply.refusal
+    );
+    reply.flush_lsn
+}
+
+/// I2, I3 (issue 12 item 1): once a leader has pledged to a higher term and reported its flush
+/// position F, it acknowledges no commit above F. Here a commit passes the fence check before the
+/// pledge (the failpoint holds it there), the pledge is sent to the leader alone, and the commit
+/// record is written after it: above F. The followers were not asked to pledge and keep streaming,
+/// so one of them flushes it and would release it; the coordinator's discovery, which trusts F,
+/// could then promote a node below it. The client must not see it acknowledged.
+#[test]
+fn deposed_leader_acknowledges_nothing_above_its_reported_flush() {
+    let c = ha3(&[]);
+    let leader = c.node(0);
+    leader
+        .query_strings("CREATE EXTENSION pg_walinspect")
+        .unwrap();
+    set_failpoint(leader, "commit_pause_after_fence");
+    let p = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
+    let paused = format!("commit_pause_after_fence: backend {} paused", p.pid);
+    wait_until(T, "the commit to pause after the fence check", || {
+        Ok(leader.log_contains(&paused))
+    })
+    .unwrap();
+
+    let f = depose(leader);
+    std::fs::write(leader.data_dir().join("pg_ha.failpoint_release"), "").unwrap();
+    let got = p.wait();
+
+    // Where the commit record is: it must be above F (else this test proves nothing).
+    let commit_end = leader
+        .query_value(&format!(
+            "SELECT end_lsn FROM pg_get_wal_records_info('{}', pg_current_wal_flush_lsn()) \
+             WHERE resource_manager = 'Transaction' AND record_type = 'COMMIT' \
+             AND xid = (SELECT xmin FROM t WHERE x = 1)",
+            lsn_text(f)
+        ))
+        .unwrap()
+        .map(|s| parse_lsn(&s))
+        .expect("the commit record of the paused transaction");
+    assert!(
+        commit_end > f,
+        "premise: the commit record ends at {} which is not above the pledged flush {}",
+        lsn_text(commit_end),
+        lsn_text(f)
+    );
+    // A follower that was not asked to pledge has it: it could have released the commit.
+    wait_until(T, "a follower to replay the commit", || {
+        Ok(
+            c.node(1).query_value("SELECT count(*) FROM t")?.as_deref() == Some("1")
+                || c.node(2).query_value("SELECT count(*) FROM t")?.as_deref() == Some("1"),
+        )
+    })
+    .unwrap();
+    assert!(
+        matches!(got, Outcome::Closed(_)),
+        "I2/I3: the leader pledged to a higher term and reported flush {}, then its commit ending at {} \
+         was answered: {got:?}",
+        lsn_text(f),
+        lsn_text(commit_end)
+    );
+}
