@@ -11,12 +11,20 @@
 //! express, a ruleset change in flight), the backend keeps waiting here: a cancel is swallowed; a
 //! termination, a deposed leader or postmaster death ends the backend without sending the client
 //! anything (unknown outcome, never a false success).
+//!
+//! Deposition is checked first, on every path (I2, protocol.md: a pledged node acknowledges nothing
+//! beyond the position it reported). The pledge handler sets the deposed flag and then reads the flush
+//! position F it reports; the backend flushes its commit record C locally and then reads the flag, both
+//! sides with sequentially consistent ordering. So a backend that sees "not deposed" has C <= F (the
+//! coordinator's discovery accounts for C), and one that sees "deposed" acknowledges nothing, even when
+//! a follower that has not pledged yet released Postgres' own quorum wait.
 
-use super::{gate_shmem, walsnd};
+use super::{gate_shmem, local, walsnd};
 use pg_ha_core::{CommitRules, Lsn};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 /// How long one wait-latch sleep lasts while a commit waits here (the slow path only).
 const POLL_MS: i64 = 1;
@@ -85,27 +93,30 @@ pub fn on_commit() {
         return;
     }
     LAST_GATED.with(|c| c.set(lsn));
-    if durable(lsn) {
-        return;
-    }
-    wait_slow(lsn);
+    gate(lsn);
 }
 
-fn wait_slow(lsn: u64) {
+/// Acknowledge the commit ending at `lsn` only when it is durable and this node was not deposed.
+fn gate(lsn: u64) {
+    // SAFETY: XLogFlush on this backend's thread, outside recovery (a transaction with an xid ran
+    // here); it returns at once when `lsn` is already flushed (synchronous_commit local or above).
+    // An asynchronous commit is flushed now: it would wait for the standbys' flush anyway.
+    unsafe { pg_sys::XLogFlush(lsn) };
+    // Pairs with the fence in gate_shmem::depose (see the module comment).
+    fence(Ordering::SeqCst);
     loop {
+        if gate_shmem::deposed() {
+            end_unanswered(lsn, "this node was deposed by a higher term");
+            return;
+        }
         if durable(lsn) {
             return;
         }
         // SAFETY: this backend's own interrupt flags and latch, on its own thread; interrupts are held
         // by CommitTransaction, so none of these is serviced behind our back.
         unsafe {
-            if gate_shmem::deposed() || pg_sys::ProcDiePending != 0 {
-                // Deposed, or terminated: end without an answer. DestNone stops CommandComplete and any
-                // later message; the pending die (set here if needed) ends the backend once interrupts
-                // are resumed.
-                pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
-                pg_sys::ProcDiePending = 1;
-                pg_sys::InterruptPending = 1;
+            if pg_sys::ProcDiePending != 0 {
+                end_unanswered(lsn, "the session was terminated");
                 return;
             }
             // A cancel (pg_cancel_backend, statement_timeout) must not turn into an acknowledgement:
@@ -120,4 +131,19 @@ fn wait_slow(lsn: u64) {
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
     }
+}
+
+/// End this backend without an answer: DestNone stops CommandComplete and any later message; the
+/// pending die (set here if needed) ends the backend once interrupts are resumed.
+fn end_unanswered(lsn: u64, why: &str) {
+    // SAFETY: this backend's own globals, on its own thread.
+    unsafe {
+        pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
+        pg_sys::ProcDiePending = 1;
+        pg_sys::InterruptPending = 1;
+    }
+    log!(
+        "pg_ha: commit at {} not acknowledged: {why}; ending the session without an answer",
+        local::lsn_text(lsn)
+    );
 }
