@@ -3,7 +3,7 @@
 //! that only the test decides when a leader is deposed (by sending it a `Pledge` itself).
 
 use pg_test::{wait_until, Cluster, ClusterSpec, Node};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -56,6 +56,20 @@ struct Pending {
 }
 
 impl Pending {
+    /// Whether the client has heard back (remembering the outcome).
+    fn done(&mut self) -> bool {
+        if self.got.is_none() {
+            match self.rx.try_recv() {
+                Ok(o) => self.got = Some(o),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.got = Some(Outcome::Closed("client thread gone".into()))
+                }
+            }
+        }
+        self.got.is_some()
+    }
+
     /// The outcome, waiting for it up to `T`.
     fn wait(mut self) -> Outcome {
         if let Some(o) = self.got.take() {
@@ -84,6 +98,26 @@ fn spawn_sql(n: &Node, setup: &str, sql: &str) -> Pending {
         let _ = tx.send(outcome(client.batch_execute(&sql)));
     });
     Pending { pid, rx, got: None }
+}
+
+/// Wait until the statement is waiting in `wait_event` on `n`, or its client heard back. Returns
+/// whether it is waiting.
+fn waits_or_done(n: &Node, p: &mut Pending, wait_event: &str) -> bool {
+    let pid = p.pid;
+    wait_until(
+        T,
+        &format!("backend {pid} to wait in {wait_event} or to answer its client"),
+        || {
+            Ok(p.done()
+                || n.query_value(&format!(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = {pid}"
+                ))?
+                .as_deref()
+                    == Some(wait_event))
+        },
+    )
+    .unwrap();
+    !p.done()
 }
 
 fn lsn_text(lsn: u64) -> String {
@@ -188,5 +222,46 @@ fn deposed_leader_acknowledges_nothing_above_its_reported_flush() {
          was answered: {got:?}",
         lsn_text(f),
         lsn_text(commit_end)
+    );
+}
+
+/// I3 (issue 12 item 8): commits waiting for durability when only the postmaster is SIGKILLed end
+/// without telling their clients anything. One waits in pg_ha's gate (`synchronous_commit = local`
+/// with both followers down), one in Postgres' own quorum wait (the default). A message such as
+/// "PANIC: cannot abort transaction N, it was already committed" reads like a success for a commit
+/// no follower has.
+#[test]
+fn postmaster_death_ends_waiting_commits_without_an_answer() {
+    let c = ha3(&[]);
+    let leader = c.node(0);
+    c.node(1).stop().unwrap();
+    c.node(2).stop().unwrap();
+    let mut in_gate = spawn_sql(
+        leader,
+        "SET synchronous_commit = local",
+        "INSERT INTO t VALUES (1)",
+    );
+    let mut in_syncrep = spawn_sql(leader, "", "INSERT INTO t VALUES (2)");
+    assert!(
+        waits_or_done(leader, &mut in_gate, "Extension"),
+        "I3: acknowledged with no follower up: {:?}",
+        in_gate.got
+    );
+    assert!(
+        waits_or_done(leader, &mut in_syncrep, "SyncRep"),
+        "I3: acknowledged with no follower up: {:?}",
+        in_syncrep.got
+    );
+    // SIGKILL of the postmaster alone; kill9 waits until its children have exited.
+    leader.kill9().unwrap();
+    let gate = in_gate.wait();
+    let syncrep = in_syncrep.wait();
+    assert!(
+        matches!(gate, Outcome::Closed(_)),
+        "I3: a commit waiting in the gate was answered when the postmaster died: {gate:?}"
+    );
+    assert!(
+        matches!(syncrep, Outcome::Closed(_)),
+        "I3: a commit waiting in SyncRep was answered when the postmaster died: {syncrep:?}"
     );
 }
