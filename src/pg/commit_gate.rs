@@ -10,7 +10,8 @@
 //! a few microseconds. When it does not (the sync-rep wait was cancelled, `zones K` that `ANY K` cannot
 //! express, a ruleset change in flight), the backend keeps waiting here: a cancel is swallowed; a
 //! termination, a deposed leader or postmaster death ends the backend without sending the client
-//! anything (unknown outcome, never a false success).
+//! anything (unknown outcome, never a false success); on postmaster death it leaves with `_exit`, as
+//! abort processing of a committed transaction would PANIC and send that message.
 //!
 //! Deposition is checked first, on every path (I2, protocol.md: a pledged node acknowledges nothing
 //! beyond the position it reported). The pledge handler sets the deposed flag and then reads the flush
@@ -122,15 +123,37 @@ fn gate(lsn: u64) {
             // A cancel (pg_cancel_backend, statement_timeout) must not turn into an acknowledgement:
             // swallow it and keep waiting.
             pg_sys::QueryCancelPending = 0;
-            pg_sys::WaitLatch(
+            let rc = pg_sys::WaitLatch(
                 pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
                 POLL_MS,
                 pg_sys::PG_WAIT_EXTENSION,
             );
+            if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+                exit_on_postmaster_death(lsn);
+            }
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
     }
+}
+
+/// The postmaster died while this commit waited: durability can no longer be proven. Leave at once
+/// without telling the client anything. Not through proc_exit (WL_EXIT_ON_PM_DEATH): its abort
+/// processing would find the transaction committed and PANIC, and the client would receive that
+/// message ("cannot abort transaction N, it was already committed", which reads like a success).
+/// `_exit` skips it; nothing is flushed to the client (DestNone first, and the socket just closes).
+/// The postmaster is gone, so no one is left to clean shared memory up for: every child exits.
+fn exit_on_postmaster_death(lsn: u64) -> ! {
+    // SAFETY: this backend's own global, on its own thread; then _exit, which does not return.
+    unsafe {
+        pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
+    }
+    log!(
+        "pg_ha: the postmaster died while the commit at {} waited for durability; ending the session without an answer",
+        local::lsn_text(lsn)
+    );
+    // SAFETY: ends the process; see above.
+    unsafe { libc::_exit(1) }
 }
 
 /// End this backend without an answer: DestNone stops CommandComplete and any later message; the
