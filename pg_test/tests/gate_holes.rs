@@ -265,3 +265,104 @@ fn postmaster_death_ends_waiting_commits_without_an_answer() {
         "I3: a commit waiting in SyncRep was answered when the postmaster died: {syncrep:?}"
     );
 }
+
+/// psql on `n` over a `replication=database` connection (a walsender that runs SQL), running each of
+/// `commands` as its own query; stops at the first error.
+fn psql_replication(n: &Node, commands: &[&str]) -> std::process::Command {
+    let bindir =
+        std::env::var("PG_TEST_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let mut cmd = std::process::Command::new(format!("{bindir}/psql"));
+    cmd.arg(format!(
+        "host={} port={} user=postgres dbname=postgres replication=database application_name=gate_holes",
+        n.host(),
+        n.pg_port()
+    ))
+    .args(["-X", "-v", "ON_ERROR_STOP=1"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// I3, I6 (issue 12 item 5): SQL on a `replication=database` connection is gated and fenced like any
+/// session. With both followers down and `synchronous_commit = local`, its commit waits until a
+/// follower has it; on a deposed leader its write is refused with pg_ha's error (read-write asked
+/// for explicitly, so Postgres' own read-only default for fenced sessions does not decide).
+#[test]
+fn replication_database_sessions_are_gated_and_fenced() {
+    let c = ha3(&[]);
+    let leader = c.node(0);
+    c.node(1).stop().unwrap();
+    c.node(2).stop().unwrap();
+
+    let mut child = psql_replication(
+        leader,
+        &["SET synchronous_commit = local", "INSERT INTO t VALUES (1)"],
+    )
+    .spawn()
+    .unwrap();
+    let mut exited = None;
+    wait_until(
+        T,
+        "the walsender's commit to wait in the gate, or psql to finish",
+        || {
+            if exited.is_none() {
+                exited = child.try_wait()?;
+            }
+            Ok(exited.is_some()
+                || leader
+                    .query_value(
+                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' \
+                     AND application_name = 'gate_holes' AND wait_event = 'Extension'",
+                    )?
+                    .as_deref()
+                    == Some("1"))
+        },
+    )
+    .unwrap();
+    let mut violations = Vec::new();
+    if exited.is_some() {
+        let out = child.wait_with_output().unwrap();
+        violations.push(format!(
+            "I3: a replication=database session's commit was answered with no follower up: {:?}, stdout {:?}, stderr {:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        c.node(1).start().unwrap();
+    } else {
+        c.node(1).start().unwrap();
+        let mut status = None;
+        wait_until(T, "psql to finish once a follower is back", || {
+            status = child.try_wait()?;
+            Ok(status.is_some())
+        })
+        .unwrap();
+        assert!(
+            status.unwrap().success(),
+            "the commit failed once a follower was back: {status:?}"
+        );
+    }
+
+    depose(leader);
+    let out = psql_replication(
+        leader,
+        &[
+            "SET default_transaction_read_only = off",
+            "INSERT INTO t VALUES (2)",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !stderr.contains("pg_ha: writes are refused on this node") {
+        violations.push(format!(
+            "I6: a write on a deposed leader over replication=database was not refused by pg_ha: {:?}, stdout {:?}, stderr {stderr:?}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    assert!(violations.is_empty(), "{violations:#?}");
+}
