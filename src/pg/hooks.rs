@@ -9,9 +9,10 @@
 //!   `default_transaction_read_only = on`, which libpq reads at connection time, so
 //!   `target_session_attrs=read-write` skips this node.
 //!
-//! Who is subject to them: client backends and background workers of other extensions. Exempt: the
-//! pg_ha agent itself (it writes its ruleset rows before the fence opens and waits for their
-//! durability on its own terms), autovacuum, walsenders and other auxiliary processes.
+//! Who is subject to them: client backends, background workers of other extensions, and walsenders of
+//! `replication=database` connections (they run SQL). Exempt: the pg_ha agent itself (it writes its
+//! ruleset rows before the fence opens and waits for their durability on its own terms), autovacuum,
+//! physical walsenders and other auxiliary processes.
 
 use super::{backend_failpoint, commit_gate, gate_shmem, shmem};
 use pgrx::prelude::*;
@@ -36,9 +37,13 @@ fn subject_to_fence() -> bool {
     if !shmem::available() || IS_AGENT.load(Ordering::Relaxed) {
         return false;
     }
-    // SAFETY: process-local global.
-    let t = unsafe { pg_sys::MyBackendType };
-    t == pg_sys::BackendType::B_BACKEND || t == pg_sys::BackendType::B_BG_WORKER
+    // SAFETY: process-local globals.
+    let (t, db_walsender) = unsafe { (pg_sys::MyBackendType, pg_sys::am_db_walsender) };
+    t == pg_sys::BackendType::B_BACKEND
+        || t == pg_sys::BackendType::B_BG_WORKER
+        // A `replication=database` connection runs SQL like any session. Streaming itself (physical
+        // or logical) commits no transaction with an xid, so it never meets these checks.
+        || (t == pg_sys::BackendType::B_WAL_SENDER && db_walsender)
 }
 
 fn refuse_writes() -> ! {
