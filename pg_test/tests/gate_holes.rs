@@ -366,3 +366,88 @@ fn replication_database_sessions_are_gated_and_fenced() {
     }
     assert!(violations.is_empty(), "{violations:#?}");
 }
+
+/// I3 (issue 12 item 4): PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK PREPARED are gated. With
+/// `synchronous_commit = local` and both followers down, none of them is answered until a follower
+/// has it (a transaction manager relies on an acknowledged prepare, commit or rollback surviving).
+#[test]
+fn two_phase_commit_is_gated() {
+    let c = ha3(&["max_prepared_transactions = 10"]);
+    let leader = c.node(0);
+    let follower = c.node(1);
+    c.node(2).stop().unwrap();
+    leader
+        .query_strings("BEGIN; INSERT INTO t VALUES (2); PREPARE TRANSACTION 'g2'")
+        .unwrap();
+    let mut answered_at_once = Vec::new();
+    for (what, sql) in [
+        (
+            "PREPARE TRANSACTION",
+            "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'g1'",
+        ),
+        ("COMMIT PREPARED", "COMMIT PREPARED 'g1'"),
+        ("ROLLBACK PREPARED", "ROLLBACK PREPARED 'g2'"),
+    ] {
+        follower.stop().unwrap();
+        let mut p = spawn_sql(leader, "SET synchronous_commit = local", sql);
+        if !waits_or_done(leader, &mut p, "Extension") {
+            answered_at_once.push(format!("{what}: {:?}", p.got));
+        }
+        follower.start().unwrap();
+        assert_eq!(p.wait(), Outcome::Acked, "{what} once a follower is back");
+    }
+    assert!(
+        answered_at_once.is_empty(),
+        "I3: answered with no follower up: {answered_at_once:?}"
+    );
+    assert_eq!(
+        leader
+            .query_value("SELECT string_agg(x::text, ',' ORDER BY x) FROM t")
+            .unwrap()
+            .as_deref(),
+        Some("1")
+    );
+}
+
+/// I6 (issue 12 item 4): on a deposed leader, PREPARE TRANSACTION (here after DDL, which the
+/// executor's check does not see), COMMIT PREPARED and ROLLBACK PREPARED (of transactions prepared
+/// while it led) are refused with pg_ha's error; read-write is asked for explicitly.
+#[test]
+fn two_phase_commit_is_fenced() {
+    let c = ha3(&["max_prepared_transactions = 10"]);
+    let leader = c.node(0);
+    leader
+        .query_strings(
+            "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'p1'; \
+             BEGIN; INSERT INTO t VALUES (2); PREPARE TRANSACTION 'p2'",
+        )
+        .unwrap();
+    depose(leader);
+    let mut not_refused = Vec::new();
+    for sql in [
+        "BEGIN; CREATE TABLE u(x int); PREPARE TRANSACTION 'p3'",
+        "COMMIT PREPARED 'p1'",
+        "ROLLBACK PREPARED 'p2'",
+    ] {
+        let mut client = leader.connect().unwrap();
+        client
+            .batch_execute("SET default_transaction_read_only = off")
+            .unwrap();
+        let got = outcome(client.batch_execute(sql));
+        match &got {
+            Outcome::ServerError(e) if e.contains("pg_ha: writes are refused on this node") => {}
+            _ => not_refused.push(format!("{sql}: {got:?}")),
+        }
+    }
+    assert!(
+        not_refused.is_empty(),
+        "I6: not refused by pg_ha on a deposed leader: {not_refused:?}"
+    );
+    assert_eq!(
+        leader
+            .query_value("SELECT string_agg(gid, ',' ORDER BY gid) FROM pg_prepared_xacts")
+            .unwrap()
+            .as_deref(),
+        Some("p1,p2")
+    );
+}
