@@ -13,6 +13,10 @@
 //! anything (unknown outcome, never a false success); on postmaster death it leaves with `_exit`, as
 //! abort processing of a committed transaction would PANIC and send that message.
 //!
+//! Two-phase commit is gated too: PREPARE TRANSACTION at XACT_EVENT_PREPARE (at the flush position,
+//! which covers the prepare record), COMMIT PREPARED and ROLLBACK PREPARED at XACT_EVENT_COMMIT of the
+//! statement's transaction (it has no xid; its XactLastCommitEnd is the end of the record it wrote).
+//!
 //! Deposition is checked first, on every path (I2, protocol.md: a pledged node acknowledges nothing
 //! beyond the position it reported). The pledge handler sets the deposed flag and then reads the flush
 //! position F it reports; the backend flushes its commit record C locally and then reads the flag, both
@@ -31,10 +35,15 @@ use std::sync::atomic::{fence, Ordering};
 const POLL_MS: i64 = 1;
 
 thread_local! {
-    /// Set at PRE_COMMIT when the transaction has an xid (it wrote data). A transaction without one
-    /// can still have written WAL (HOT pruning, hint-bit full-page images with checksums) and so set
-    /// XactLastCommitEnd, but it committed nothing a client could lose: it is not gated.
-    static HAS_XID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set at PRE_COMMIT when the transaction has an xid (it wrote data) or runs COMMIT/ROLLBACK
+    /// PREPARED, and at PRE_PREPARE. A transaction without an xid can still have written WAL (HOT
+    /// pruning, hint-bit full-page images with checksums) and so set XactLastCommitEnd, but it
+    /// committed nothing a client could lose: it is not gated.
+    static GATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by the ProcessUtility hook for COMMIT PREPARED / ROLLBACK PREPARED: the statement's own
+    /// transaction has no xid, but the record it wrote (XactLastRecEnd, then XactLastCommitEnd) ends a
+    /// prepared transaction.
+    static FINISHING_PREPARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The last commit LSN this backend gated: a transaction that wrote no commit record leaves
     /// XactLastCommitEnd unchanged and needs no gate.
     static LAST_GATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -77,19 +86,49 @@ fn durable(lsn: u64) -> bool {
     rules.commit_gate_lsn(Lsn(lsn), &standbys) >= Lsn(lsn)
 }
 
-/// Called at XACT_EVENT_PRE_COMMIT: remember whether this transaction has an xid.
+/// Called at XACT_EVENT_PRE_COMMIT: remember whether this transaction is gated (it has an xid, or it
+/// finishes a prepared transaction).
 pub fn on_pre_commit(has_xid: bool) {
-    HAS_XID.with(|c| c.set(has_xid));
+    let finishing = FINISHING_PREPARED.with(|c| c.replace(false));
+    GATED.with(|c| c.set(has_xid || finishing));
+}
+
+/// Called at XACT_EVENT_PRE_PREPARE: PREPARE TRANSACTION is gated (a transaction manager relies on an
+/// acknowledged prepare surviving).
+pub fn on_pre_prepare() {
+    GATED.with(|c| c.set(true));
+}
+
+/// Called by the ProcessUtility hook before COMMIT PREPARED / ROLLBACK PREPARED runs.
+pub fn finishing_prepared() {
+    FINISHING_PREPARED.with(|c| c.set(true));
+}
+
+/// Called at XACT_EVENT_ABORT: nothing of this transaction is gated.
+pub fn on_abort() {
+    GATED.with(|c| c.set(false));
+    FINISHING_PREPARED.with(|c| c.set(false));
 }
 
 /// Called at XACT_EVENT_COMMIT for client backends. Must not raise an ERROR (the transaction is already
 /// committed: an ERROR here is a PANIC).
 pub fn on_commit() {
-    if !HAS_XID.with(|c| c.replace(false)) {
+    // SAFETY: reads of this backend's globals on its own thread.
+    gate_once(unsafe { pg_sys::XactLastCommitEnd });
+}
+
+/// Called at XACT_EVENT_PREPARE, after EndPrepare flushed the prepare record (and Postgres' own quorum
+/// wait ran) and reset XactLastRecEnd: the flush position covers the record. Must not raise an ERROR
+/// (the transaction is prepared).
+pub fn on_prepare() {
+    // SAFETY: GetFlushRecPtr on a primary (PREPARE runs only there), on this backend's thread.
+    gate_once(unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) });
+}
+
+fn gate_once(lsn: u64) {
+    if !GATED.with(|c| c.replace(false)) {
         return;
     }
-    // SAFETY: reads of this backend's globals on its own thread.
-    let lsn = unsafe { pg_sys::XactLastCommitEnd };
     if lsn == 0 || LAST_GATED.with(|c| c.get()) >= lsn {
         return;
     }
