@@ -182,6 +182,14 @@ pub fn depose() {
     set_fence(false);
 }
 
+/// This node is now the established leader of the highest term it knows: open the fence, and forget
+/// a deposition seen on the way there (a steward pass that still read the previous term's row deposes
+/// a freshly promoted leader; left set, it would make the gate end every commit of the new term).
+pub fn open_as_established() {
+    DEPOSED.get().store(false, Ordering::SeqCst);
+    set_fence(true);
+}
+
 pub fn deposed() -> bool {
     DEPOSED.get().load(Ordering::SeqCst)
 }

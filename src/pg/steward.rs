@@ -486,7 +486,7 @@ impl Steward {
             return;
         }
         if agreeing * 2 > n {
-            gate_shmem::set_fence(true);
+            gate_shmem::open_as_established();
             log!(
                 "pg_ha: established as leader of term {} (ruleset v{}); {} of {} members confirm no higher term; writes allowed",
                 newest.term,
