@@ -57,3 +57,39 @@ pub async fn agent_status_async(
         ))),
     }
 }
+
+/// Calls `Pledge` on the agent at `addr`: ask the node to pledge to `coordinator` for `term`, as a
+/// coordinator would (template step 2). Tests use it to depose a leader at a moment they choose.
+#[allow(clippy::result_large_err)]
+pub fn agent_pledge(
+    addr: &str,
+    token: &str,
+    term: u64,
+    coordinator: &str,
+) -> Result<pb::PledgeReply, tonic::Status> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| tonic::Status::internal(format!("tokio runtime: {e}")))?;
+    let call = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::invalid_argument(format!("agent address {addr}: {e}")))?
+            .connect_timeout(RPC_TIMEOUT)
+            .timeout(RPC_TIMEOUT * 3);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connect to agent {addr}: {e}")))?;
+        let mut client = pb::agent_client::AgentClient::new(channel);
+        let mut req = tonic::Request::new(pb::PledgeRequest {
+            term,
+            coordinator: coordinator.into(),
+        });
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("token is not valid metadata"))?;
+        req.metadata_mut().insert("authorization", value);
+        client.pledge(req).await.map(tonic::Response::into_inner)
+    };
+    rt.block_on(call)
+}

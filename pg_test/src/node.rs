@@ -417,6 +417,22 @@ impl Node {
         });
         out.unwrap_or_else(|| Err(tonic::Status::internal(format!("cannot enter {ns}"))))
     }
+
+    /// The agent's `Pledge` RPC with the cluster's token: ask this node to pledge to `coordinator` for
+    /// `term`, as a coordinator would (loopback clusters only).
+    #[allow(clippy::result_large_err)]
+    pub fn agent_pledge(
+        &self,
+        term: u64,
+        coordinator: &str,
+    ) -> Result<crate::pb::PledgeReply, tonic::Status> {
+        if let Some(ns) = &self.netns {
+            return Err(tonic::Status::unimplemented(format!(
+                "agent_pledge from outside namespace {ns}"
+            )));
+        }
+        crate::agent::agent_pledge(&self.agent_addr(), &self.token, term, coordinator)
+    }
 }
 
 /// Whether a TCP connect to `host:port` succeeds within a second.

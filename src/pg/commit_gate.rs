@@ -10,22 +10,40 @@
 //! a few microseconds. When it does not (the sync-rep wait was cancelled, `zones K` that `ANY K` cannot
 //! express, a ruleset change in flight), the backend keeps waiting here: a cancel is swallowed; a
 //! termination, a deposed leader or postmaster death ends the backend without sending the client
-//! anything (unknown outcome, never a false success).
+//! anything (unknown outcome, never a false success); on postmaster death it leaves with `_exit`, as
+//! abort processing of a committed transaction would PANIC and send that message.
+//!
+//! Two-phase commit is gated too: PREPARE TRANSACTION at XACT_EVENT_PREPARE (at the flush position,
+//! which covers the prepare record), COMMIT PREPARED and ROLLBACK PREPARED at XACT_EVENT_COMMIT of the
+//! statement's transaction (it has no xid; its XactLastCommitEnd is the end of the record it wrote).
+//!
+//! Deposition is checked first, on every path (I2, protocol.md: a pledged node acknowledges nothing
+//! beyond the position it reported). The pledge handler sets the deposed flag and then reads the flush
+//! position F it reports; the backend flushes its commit record C locally and then reads the flag, both
+//! sides with sequentially consistent ordering. So a backend that sees "not deposed" has C <= F (the
+//! coordinator's discovery accounts for C), and one that sees "deposed" acknowledges nothing, even when
+//! a follower that has not pledged yet released Postgres' own quorum wait.
 
-use super::{gate_shmem, walsnd};
+use super::{gate_shmem, local, walsnd};
 use pg_ha_core::{CommitRules, Lsn};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 /// How long one wait-latch sleep lasts while a commit waits here (the slow path only).
 const POLL_MS: i64 = 1;
 
 thread_local! {
-    /// Set at PRE_COMMIT when the transaction has an xid (it wrote data). A transaction without one
-    /// can still have written WAL (HOT pruning, hint-bit full-page images with checksums) and so set
-    /// XactLastCommitEnd, but it committed nothing a client could lose: it is not gated.
-    static HAS_XID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set at PRE_COMMIT when the transaction has an xid (it wrote data) or runs COMMIT/ROLLBACK
+    /// PREPARED, and at PRE_PREPARE. A transaction without an xid can still have written WAL (HOT
+    /// pruning, hint-bit full-page images with checksums) and so set XactLastCommitEnd, but it
+    /// committed nothing a client could lose: it is not gated.
+    static GATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by the ProcessUtility hook for COMMIT PREPARED / ROLLBACK PREPARED: the statement's own
+    /// transaction has no xid, but the record it wrote (XactLastRecEnd, then XactLastCommitEnd) ends a
+    /// prepared transaction.
+    static FINISHING_PREPARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// The last commit LSN this backend gated: a transaction that wrote no commit record leaves
     /// XactLastCommitEnd unchanged and needs no gate.
     static LAST_GATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -68,56 +86,126 @@ fn durable(lsn: u64) -> bool {
     rules.commit_gate_lsn(Lsn(lsn), &standbys) >= Lsn(lsn)
 }
 
-/// Called at XACT_EVENT_PRE_COMMIT: remember whether this transaction has an xid.
+/// Called at XACT_EVENT_PRE_COMMIT: remember whether this transaction is gated (it has an xid, or it
+/// finishes a prepared transaction).
 pub fn on_pre_commit(has_xid: bool) {
-    HAS_XID.with(|c| c.set(has_xid));
+    let finishing = FINISHING_PREPARED.with(|c| c.replace(false));
+    GATED.with(|c| c.set(has_xid || finishing));
+}
+
+/// Called at XACT_EVENT_PRE_PREPARE: PREPARE TRANSACTION is gated (a transaction manager relies on an
+/// acknowledged prepare surviving).
+pub fn on_pre_prepare() {
+    GATED.with(|c| c.set(true));
+}
+
+/// Called by the ProcessUtility hook before COMMIT PREPARED / ROLLBACK PREPARED runs.
+pub fn finishing_prepared() {
+    FINISHING_PREPARED.with(|c| c.set(true));
+}
+
+/// Called at XACT_EVENT_ABORT: nothing of this transaction is gated.
+pub fn on_abort() {
+    GATED.with(|c| c.set(false));
+    FINISHING_PREPARED.with(|c| c.set(false));
 }
 
 /// Called at XACT_EVENT_COMMIT for client backends. Must not raise an ERROR (the transaction is already
 /// committed: an ERROR here is a PANIC).
 pub fn on_commit() {
-    if !HAS_XID.with(|c| c.replace(false)) {
+    // SAFETY: reads of this backend's globals on its own thread.
+    gate_once(unsafe { pg_sys::XactLastCommitEnd });
+}
+
+/// Called at XACT_EVENT_PREPARE, after EndPrepare flushed the prepare record (and Postgres' own quorum
+/// wait ran) and reset XactLastRecEnd: the flush position covers the record. Must not raise an ERROR
+/// (the transaction is prepared).
+pub fn on_prepare() {
+    // SAFETY: GetFlushRecPtr on a primary (PREPARE runs only there), on this backend's thread.
+    gate_once(unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) });
+}
+
+fn gate_once(lsn: u64) {
+    if !GATED.with(|c| c.replace(false)) {
         return;
     }
-    // SAFETY: reads of this backend's globals on its own thread.
-    let lsn = unsafe { pg_sys::XactLastCommitEnd };
     if lsn == 0 || LAST_GATED.with(|c| c.get()) >= lsn {
         return;
     }
     LAST_GATED.with(|c| c.set(lsn));
-    if durable(lsn) {
-        return;
-    }
-    wait_slow(lsn);
+    gate(lsn);
 }
 
-fn wait_slow(lsn: u64) {
+/// Acknowledge the commit ending at `lsn` only when it is durable and this node was not deposed.
+fn gate(lsn: u64) {
+    // SAFETY: XLogFlush on this backend's thread, outside recovery (a transaction with an xid ran
+    // here); it returns at once when `lsn` is already flushed (synchronous_commit local or above).
+    // An asynchronous commit is flushed now: it would wait for the standbys' flush anyway.
+    unsafe { pg_sys::XLogFlush(lsn) };
+    // Pairs with the fence in gate_shmem::depose (see the module comment).
+    fence(Ordering::SeqCst);
     loop {
+        if gate_shmem::deposed() {
+            end_unanswered(lsn, "this node was deposed by a higher term");
+            return;
+        }
         if durable(lsn) {
             return;
         }
         // SAFETY: this backend's own interrupt flags and latch, on its own thread; interrupts are held
         // by CommitTransaction, so none of these is serviced behind our back.
         unsafe {
-            if gate_shmem::deposed() || pg_sys::ProcDiePending != 0 {
-                // Deposed, or terminated: end without an answer. DestNone stops CommandComplete and any
-                // later message; the pending die (set here if needed) ends the backend once interrupts
-                // are resumed.
-                pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
-                pg_sys::ProcDiePending = 1;
-                pg_sys::InterruptPending = 1;
+            if pg_sys::ProcDiePending != 0 {
+                end_unanswered(lsn, "the session was terminated");
                 return;
             }
             // A cancel (pg_cancel_backend, statement_timeout) must not turn into an acknowledgement:
             // swallow it and keep waiting.
             pg_sys::QueryCancelPending = 0;
-            pg_sys::WaitLatch(
+            let rc = pg_sys::WaitLatch(
                 pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH) as i32,
                 POLL_MS,
                 pg_sys::PG_WAIT_EXTENSION,
             );
+            if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
+                exit_on_postmaster_death(lsn);
+            }
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
     }
+}
+
+/// The postmaster died while this commit waited: durability can no longer be proven. Leave at once
+/// without telling the client anything. Not through proc_exit (WL_EXIT_ON_PM_DEATH): its abort
+/// processing would find the transaction committed and PANIC, and the client would receive that
+/// message ("cannot abort transaction N, it was already committed", which reads like a success).
+/// `_exit` skips it; nothing is flushed to the client (DestNone first, and the socket just closes).
+/// The postmaster is gone, so no one is left to clean shared memory up for: every child exits.
+fn exit_on_postmaster_death(lsn: u64) -> ! {
+    // SAFETY: this backend's own global, on its own thread; then _exit, which does not return.
+    unsafe {
+        pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
+    }
+    log!(
+        "pg_ha: the postmaster died while the commit at {} waited for durability; ending the session without an answer",
+        local::lsn_text(lsn)
+    );
+    // SAFETY: ends the process; see above.
+    unsafe { libc::_exit(1) }
+}
+
+/// End this backend without an answer: DestNone stops CommandComplete and any later message; the
+/// pending die (set here if needed) ends the backend once interrupts are resumed.
+fn end_unanswered(lsn: u64, why: &str) {
+    // SAFETY: this backend's own globals, on its own thread.
+    unsafe {
+        pg_sys::whereToSendOutput = pg_sys::CommandDest::DestNone;
+        pg_sys::ProcDiePending = 1;
+        pg_sys::InterruptPending = 1;
+    }
+    log!(
+        "pg_ha: commit at {} not acknowledged: {why}; ending the session without an answer",
+        local::lsn_text(lsn)
+    );
 }

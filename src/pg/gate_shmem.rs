@@ -173,14 +173,25 @@ pub fn managed() -> bool {
 }
 
 /// This node learned that it no longer leads the newest term: commits still waiting in the gate
-/// must never be acknowledged.
+/// must never be acknowledged. A pledge reads the flush position it reports after this returns: every
+/// commit a backend may still acknowledge is below it (commit_gate's module comment).
 pub fn depose() {
-    DEPOSED.get().store(true, Ordering::Release);
+    DEPOSED.get().store(true, Ordering::SeqCst);
+    // Pairs with the fence in commit_gate::gate (flush, fence, read the flag).
+    std::sync::atomic::fence(Ordering::SeqCst);
     set_fence(false);
 }
 
+/// This node is now the established leader of the highest term it knows: open the fence, and forget
+/// a deposition seen on the way there (a steward pass that still read the previous term's row deposes
+/// a freshly promoted leader; left set, it would make the gate end every commit of the new term).
+pub fn open_as_established() {
+    DEPOSED.get().store(false, Ordering::SeqCst);
+    set_fence(true);
+}
+
 pub fn deposed() -> bool {
-    DEPOSED.get().load(Ordering::Acquire)
+    DEPOSED.get().load(Ordering::SeqCst)
 }
 
 /// Publish the leader's commit rules (agent main thread).

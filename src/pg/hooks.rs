@@ -4,26 +4,31 @@
 //!   pg_ha's error (before Postgres' own read-only check on a standby).
 //! - XACT_EVENT_PRE_COMMIT: the backstop of the fence for anything else that wrote (DDL, COPY, ...):
 //!   the transaction aborts with pg_ha's error.
-//! - XACT_EVENT_COMMIT: the commit gate (`commit_gate`).
+//! - XACT_EVENT_PRE_PREPARE: the fence for PREPARE TRANSACTION (which never reaches PRE_COMMIT).
+//! - ProcessUtility: the fence for COMMIT PREPARED / ROLLBACK PREPARED (no xid in their session), and
+//!   marking them for the gate.
+//! - XACT_EVENT_COMMIT and XACT_EVENT_PREPARE: the commit gate (`commit_gate`).
 //! - ClientAuthentication: a primary that has not established since it started admits no application
 //!   session and holds replication connections (`admission`); a session that starts while the fence is
 //!   closed gets `default_transaction_read_only = on`, which libpq reads at connection time, so
 //!   `target_session_attrs=read-write` skips this node.
 //!
-//! Who is subject to them: client backends and background workers of other extensions. Exempt: the
-//! pg_ha agent itself (it writes its ruleset rows before the fence opens and waits for their
-//! durability on its own terms), autovacuum, walsenders and other auxiliary processes.
+//! Who is subject to them: client backends, background workers of other extensions, and walsenders of
+//! `replication=database` connections (they run SQL). Exempt: the pg_ha agent itself (it writes its
+//! ruleset rows before the fence opens and waits for their durability on its own terms), autovacuum,
+//! physical walsenders and other auxiliary processes.
 
-use super::{admission, commit_gate, gate_shmem, shmem};
+use super::{admission, backend_failpoint, commit_gate, gate_shmem, shmem};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set in the agent process: exempt from the fence and the gate.
 pub static IS_AGENT: AtomicBool = AtomicBool::new(false);
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 type ClientAuthHook = Option<unsafe extern "C-unwind" fn(port: *mut c_void, status: c_int)>;
 
@@ -37,9 +42,13 @@ fn subject_to_fence() -> bool {
     if !shmem::available() || IS_AGENT.load(Ordering::Relaxed) {
         return false;
     }
-    // SAFETY: process-local global.
-    let t = unsafe { pg_sys::MyBackendType };
-    t == pg_sys::BackendType::B_BACKEND || t == pg_sys::BackendType::B_BG_WORKER
+    // SAFETY: process-local globals.
+    let (t, db_walsender) = unsafe { (pg_sys::MyBackendType, pg_sys::am_db_walsender) };
+    t == pg_sys::BackendType::B_BACKEND
+        || t == pg_sys::BackendType::B_BG_WORKER
+        // A `replication=database` connection runs SQL like any session. Streaming itself (physical
+        // or logical) commits no transaction with an xid, so it never meets these checks.
+        || (t == pg_sys::BackendType::B_WAL_SENDER && db_walsender)
 }
 
 fn refuse_writes() -> ! {
@@ -105,10 +114,79 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             if wrote && !gate_shmem::fence_open() {
                 refuse_writes();
             }
+            if wrote {
+                backend_failpoint::after_fence_check();
+            }
             commit_gate::on_pre_commit(wrote);
         }
+        pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            // PrepareTransaction always assigns an xid and writes a prepare record.
+            if !gate_shmem::fence_open() {
+                refuse_writes();
+            }
+            backend_failpoint::after_fence_check();
+            commit_gate::on_pre_prepare();
+        }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => commit_gate::on_commit(),
+        pg_sys::XactEvent::XACT_EVENT_PREPARE => commit_gate::on_prepare(),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => commit_gate::on_abort(),
         _ => {}
+    }
+}
+
+/// COMMIT PREPARED and ROLLBACK PREPARED write a record that ends a prepared transaction from a
+/// transaction without an xid: the fence refuses them here, and the gate is told to wait for them.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)] // Postgres' hook signature
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: Postgres passes a valid PlannedStmt; a T_TransactionStmt node is a TransactionStmt.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if !stmt.is_null()
+            && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt
+            && subject_to_fence()
+        {
+            let kind = (*(stmt as *mut pg_sys::TransactionStmt)).kind;
+            if kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED
+                || kind == pg_sys::TransactionStmtKind::TRANS_STMT_ROLLBACK_PREPARED
+            {
+                if !gate_shmem::fence_open() {
+                    refuse_writes();
+                }
+                commit_gate::finishing_prepared();
+            }
+        }
+        match PREV_PROCESS_UTILITY {
+            Some(prev) => prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
     }
 }
 
@@ -140,6 +218,8 @@ pub fn install() {
     unsafe {
         PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
         PREV_CLIENT_AUTH = ClientAuthentication_hook;
         ClientAuthentication_hook = Some(client_authentication);
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod alter_system;
+pub mod backend_failpoint;
 pub mod catalog;
 pub mod commit_gate;
 pub mod follow;

@@ -491,10 +491,7 @@ impl Steward {
             return;
         }
         if agreeing * 2 > n {
-            // This node leads the highest term a majority knows: whatever deposed it before (a pledge
-            // to the term it now leads) is over.
-            gate_shmem::DEPOSED.get().store(false, Ordering::SeqCst);
-            gate_shmem::set_fence(true);
+            gate_shmem::open_as_established();
             super::admission::established();
             log!(
                 "pg_ha: established as leader of term {} (ruleset v{}); {} of {} members confirm no higher term; writes allowed",

@@ -91,6 +91,8 @@ impl Steward {
             if led || gate_shmem::fence_open() {
                 log!("pg_ha: deposed by term {term}: fence closed; commits still waiting will not be acknowledged");
             }
+            // Before the flush position for the reply is read (handle_pledge, after this returns): a
+            // backend that commits after it sees the flag and acknowledges nothing (commit_gate).
             gate_shmem::depose();
             return Ok(());
         }
