@@ -3,7 +3,7 @@
 //! to) one. The test acts as the coordinator of the higher term itself (direct `Pledge` RPCs) and
 //! never promotes anyone, so the old leader stays up with a commit waiting for a follower.
 
-use pg_test::{agent_pledge, pb, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{agent_pledge, pb, procs, wait_until, Cluster, ClusterSpec, Node};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -98,6 +98,15 @@ fn restart_without_pledge_file(n: &Node) {
     let file = n.data_dir().join(format!("pg_ha.pledge.{}", n.name()));
     std::fs::remove_file(&file).unwrap();
     n.start().unwrap();
+}
+
+/// Whether `n`'s WAL receiver process exists (connecting or streaming).
+fn runs_wal_receiver(n: &Node) -> pg_test::Result<bool> {
+    Ok(
+        n.query_value("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walreceiver'")?
+            .as_deref()
+            != Some("0"),
+    )
 }
 
 fn streams_to(leader: &Node, follower: &str) -> pg_test::Result<bool> {
@@ -201,5 +210,100 @@ fn lost_pledge_file_is_not_relearned_from_the_revoked_leader_alone() {
         "I2: the revoked leader completed a commit"
     );
     assert_eq!(f1.agent_status().unwrap().pledged_term, next);
+    assert!(!streams_to(l, "node2").unwrap());
+}
+
+/// I2 (issue 12 item 11, second suspicion): a pledged standby must not answer while a WAL receiver of
+/// its still runs. `pg_stat_wal_receiver` hides a receiver until it has connected, so one still
+/// connecting to the old leader is invisible there. node1 is frozen (SIGSTOP: it accepts TCP but never
+/// answers) with a commit waiting; node2 restarts and its receiver hangs connecting to node1. node2's
+/// startup process is frozen too, so it cannot act on the configuration reload the pledge causes (as
+/// when it is busy replaying). The pledge must not be answered while that receiver lives; once node1
+/// is thawed, node2 must not stream from it and release the commit.
+#[test]
+fn pledge_waits_for_a_connecting_wal_receiver() {
+    let c = ha3();
+    let (l, f1, f2) = (c.node(0), c.node(1), c.node(2));
+    let next = leader_term(&c) + 1;
+    pledge(&c, f2, next);
+    f1.stop().unwrap();
+    let mut commit = Commit::start(l, "INSERT INTO t VALUES (1)");
+    commit.wait_sync_rep(l);
+
+    l.sigstop().unwrap();
+    f1.start().unwrap();
+    wait_until(
+        T,
+        "node2's WAL receiver to hang connecting to the frozen node1",
+        || {
+            Ok(f1
+                .query_value(
+                    "SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'walreceiver'",
+                )?
+                .as_deref()
+                == Some("LibPQWalReceiverConnect"))
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        f1.query_value("SELECT count(*) FROM pg_stat_wal_receiver")
+            .unwrap()
+            .as_deref(),
+        Some("0"),
+        "pg_stat_wal_receiver shows a receiver that has not connected yet (the premise of this test)"
+    );
+    let startup: i32 = f1
+        .query_value("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'")
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    procs::signal(startup, libc::SIGSTOP).unwrap();
+
+    pledge(&c, f1, next);
+    let receiver_after_pledge = runs_wal_receiver(f1).unwrap();
+
+    l.sigcont().unwrap();
+    // Either node2's receiver (alive, connecting) reaches node1 and releases the commit, or there is no
+    // receiver on node2, and none can start while its startup process is frozen.
+    wait_until(
+        T,
+        "the commit to return or node2 to run no WAL receiver",
+        || Ok(commit.returned() || (!runs_wal_receiver(f1)? && l.query_value("SELECT 1").is_ok())),
+    )
+    .unwrap();
+    assert!(
+        !commit.returned(),
+        "I2: the revoked leader node1 completed a commit ({:?}) after node2 and node3 pledged to term {next}: node2's WAL receiver, connecting when node2 pledged, streamed from node1 afterwards",
+        commit.result
+    );
+    assert!(
+        !receiver_after_pledge,
+        "I2: node2 answered its pledge while its WAL receiver still ran"
+    );
+
+    // Thaw node2's startup process: it rereads the configuration (no primary_conninfo) and starts no
+    // receiver. It has run once its context switches grow.
+    let switches = || {
+        std::fs::read_to_string(format!("/proc/{startup}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let before = switches();
+    procs::signal(startup, libc::SIGCONT).unwrap();
+    wait_until(T, "node2's startup process to run again", || {
+        Ok(switches() >= before + 2)
+    })
+    .unwrap();
+    assert!(!runs_wal_receiver(f1).unwrap());
+    assert!(
+        !commit.returned(),
+        "I2: the revoked leader completed a commit"
+    );
     assert!(!streams_to(l, "node2").unwrap());
 }
