@@ -95,35 +95,9 @@ impl Steward {
             return Ok(());
         }
         // A standby: stop streaming (and so acknowledging) until a leader of term >= `term` exists.
-        let conninfo =
-            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
-        if !conninfo.is_empty() {
-            BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some("")));
-            self.following_since = None;
-            log!("pg_ha: pledged to term {term}: stopped streaming from the old leader");
-        }
-        // The startup process restarts the WAL receiver without a conninfo on the reload; until then,
-        // signal any receiver that still streams, and do not answer while one does.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let started = Instant::now();
-        loop {
-            let rcv = BackgroundWorker::transaction(|| {
-                catalog::select_one::<i32>(
-                    "SELECT pid FROM pg_stat_wal_receiver WHERE conninfo IS NOT NULL AND conninfo <> ''",
-                )
-            });
-            let Some(pid) = rcv else { break };
-            if Instant::now() > deadline {
-                return Err("the WAL receiver still streams from the old leader".into());
-            }
-            if started.elapsed() > Duration::from_millis(200) {
-                // SAFETY: signalling our own server's WAL receiver.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.stop_streaming(&format!(
+            "pledged to term {term}: stopped streaming from the old leader"
+        ))?;
         // Replay everything received, so the reported ruleset row (read at the replay position) and
         // flush position agree. The received WAL may end in a partial record that never completes, so
         // "done" is: replay reached the received end, or replay stopped moving while the startup
@@ -164,6 +138,42 @@ impl Steward {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A standby stops streaming (and so acknowledging WAL to anyone): clear `primary_conninfo` (on the
+    /// reload the startup process stops its WAL receiver and starts none), and return only once no
+    /// receiver streams, signalling one that still does. Logs `why` when it cleared the setting.
+    pub(crate) fn stop_streaming(&mut self, why: &str) -> Result<(), String> {
+        let conninfo =
+            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
+        if !conninfo.is_empty() {
+            BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some("")));
+            self.following_since = None;
+            log!("pg_ha: {why}");
+        }
+        // The startup process restarts the WAL receiver without a conninfo on the reload; until then,
+        // signal any receiver that still streams, and do not answer while one does.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let started = Instant::now();
+        loop {
+            let rcv = BackgroundWorker::transaction(|| {
+                catalog::select_one::<i32>(
+                    "SELECT pid FROM pg_stat_wal_receiver WHERE conninfo IS NOT NULL AND conninfo <> ''",
+                )
+            });
+            let Some(pid) = rcv else { break };
+            if Instant::now() > deadline {
+                return Err("the WAL receiver still streams from the old leader".into());
+            }
+            if started.elapsed() > Duration::from_millis(200) {
+                // SAFETY: signalling our own server's WAL receiver.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 
     pub fn handle_promote(&mut self, req: &PromoteRequest) -> PromoteReply {

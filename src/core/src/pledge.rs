@@ -176,8 +176,8 @@ impl PledgeState {
         }))
     }
 
-    /// The agent relearned `highest`, the highest term pledged on a majority of the cohort (asked after the
-    /// loss). The node takes it as its own term without a coordinator, so it will only pledge to terms
+    /// The agent relearned `highest`, the highest term reported by `relearn_quorum` other members of the
+    /// cohort (asked after the loss). The node takes it as its own term without a coordinator, so it will only pledge to terms
     /// strictly above it. (A coordinator whose request was answered before the loss and whose term is
     /// above what the majority reports can still race this node: the agent should also wait at least one
     /// coordinator attempt timeout before answering pledges.)
@@ -188,6 +188,15 @@ impl PledgeState {
             floor: self.floor,
             must_relearn: false,
         }
+    }
+
+    /// How many of the *other* cohort members must report their terms before a node of a cohort of
+    /// `cohort_size` that lost its pledge file may `relearn`. A recruit quorum holds more than half the
+    /// cohort, so at least `floor(n/2)` of its recruits are other nodes; any `ceil(n/2)` of the `n - 1`
+    /// others include one of them, which remembers the term it pledged to. This node itself must not
+    /// count: it is the recruit that forgot. A cohort of one has nobody to ask (0).
+    pub fn relearn_quorum(cohort_size: usize) -> usize {
+        cohort_size.div_ceil(2).min(cohort_size.saturating_sub(1))
     }
 
     /// The state to persist before running pg_rewind.
@@ -530,6 +539,33 @@ mod tests {
         let r = lost.relearn(Term(7));
         assert!(r.on_pledge_request(Term(7), &n("c")).is_err());
         assert!(r.on_pledge_request(Term(8), &n("c")).is_ok());
+    }
+
+    /// I2: whatever recruit quorum pledged to a term this node forgot, the others it relearns from
+    /// include one of its recruits (other than this node), and one fewer would not always.
+    #[test]
+    fn relearn_quorum_meets_every_recruit_quorum_i2() {
+        for n in 2..=7usize {
+            let need = PledgeState::relearn_quorum(n);
+            // Node 0 lost its file; quorums are bit sets over 0..n with more than n/2 members.
+            let quorums: Vec<u32> = (0u32..1 << n)
+                .filter(|q| q.count_ones() as usize * 2 > n)
+                .collect();
+            let others = |a: u32| a & 1 == 0;
+            let answer_sets = |k: usize| {
+                (0u32..1 << n).filter(move |a| others(*a) && a.count_ones() as usize == k)
+            };
+            for a in answer_sets(need) {
+                for q in &quorums {
+                    assert!(a & q & !1 != 0, "n={n}: answers {a:b} miss quorum {q:b}");
+                }
+            }
+            let short = answer_sets(need - 1).any(|a| quorums.iter().any(|q| a & q & !1 == 0));
+            assert!(short, "n={n}: {} answers would do", need - 1);
+        }
+        assert_eq!(PledgeState::relearn_quorum(1), 0);
+        assert_eq!(PledgeState::relearn_quorum(3), 2);
+        assert_eq!(PledgeState::relearn_quorum(5), 3);
     }
 
     #[test]
