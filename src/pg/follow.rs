@@ -4,7 +4,7 @@
 //! follows no one until it has relearned its term (I2).
 
 use super::steward::Steward;
-use super::{alter_system, catalog, local, rejoin};
+use super::{alter_system, catalog, local, rejoin, walrcv};
 use crate::proto::StatusReply;
 use pg_ha_core::Term;
 use pgrx::bgworkers::BackgroundWorker;
@@ -37,7 +37,7 @@ impl Steward {
             if wal.in_recovery {
                 let conninfo = BackgroundWorker::transaction(|| catalog::show("primary_conninfo"))
                     .unwrap_or_default();
-                if !conninfo.is_empty() || local::wal_receiver_streaming() {
+                if !conninfo.is_empty() || walrcv::receiver() != walrcv::Receiver::Stopped {
                     if let Err(e) = self.stop_streaming(
                         "pledge file lost: stopped streaming; following no leader until the highest term is relearned",
                     ) {

@@ -3,7 +3,7 @@
 //! (pg_promote, then the new term's ruleset row; the steward establishes once it is durable).
 
 use super::steward::Steward;
-use super::{alter_system, catalog, gate_shmem, local};
+use super::{alter_system, catalog, gate_shmem, local, walrcv};
 use crate::agent::wire;
 use crate::proto::{PledgeReply, PledgeRequest, PromoteReply, PromoteRequest};
 use pg_ha_core::{NodeId, Term};
@@ -140,9 +140,9 @@ impl Steward {
         }
     }
 
-    /// A standby stops streaming (and so acknowledging WAL to anyone): clear `primary_conninfo` (on the
-    /// reload the startup process stops its WAL receiver and starts none), and return only once no
-    /// receiver streams, signalling one that still does. Logs `why` when it cleared the setting.
+    /// A standby stops streaming (and so acknowledging WAL to anyone): clear `primary_conninfo`, and
+    /// return only once no WAL receiver runs, connecting ones included. Logs `why` when it cleared the
+    /// setting.
     pub(crate) fn stop_streaming(&mut self, why: &str) -> Result<(), String> {
         let conninfo =
             BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
@@ -151,22 +151,33 @@ impl Steward {
             self.following_since = None;
             log!("pg_ha: {why}");
         }
-        // The startup process restarts the WAL receiver without a conninfo on the reload; until then,
-        // signal any receiver that still streams, and do not answer while one does.
+        // On the reload the startup process stops its WAL receiver and starts none. Until no receiver
+        // runs, do not return: read the receiver's shared state (pg_stat_wal_receiver hides one that is
+        // still connecting, and it would stream and acknowledge once connected), and after a grace
+        // period for the startup process, signal the receiver ourselves (the startup process may be busy
+        // replaying and not yet have acted on the reload).
         let deadline = Instant::now() + Duration::from_secs(3);
         let started = Instant::now();
+        let mut signalled = None;
         loop {
-            let rcv = BackgroundWorker::transaction(|| {
-                catalog::select_one::<i32>(
-                    "SELECT pid FROM pg_stat_wal_receiver WHERE conninfo IS NOT NULL AND conninfo <> ''",
-                )
-            });
-            let Some(pid) = rcv else { break };
+            let pid = match walrcv::receiver() {
+                walrcv::Receiver::Stopped => break,
+                walrcv::Receiver::Starting => None,
+                walrcv::Receiver::Running(pid) => Some(pid),
+            };
             if Instant::now() > deadline {
-                return Err("the WAL receiver still streams from the old leader".into());
+                return Err(match pid {
+                    Some(pid) => format!("the WAL receiver (pid {pid}) still runs"),
+                    None => "a WAL receiver is still being started".into(),
+                });
             }
-            if started.elapsed() > Duration::from_millis(200) {
-                // SAFETY: signalling our own server's WAL receiver.
+            if let Some(pid) = pid.filter(|_| started.elapsed() > Duration::from_millis(200)) {
+                if signalled != Some(pid) {
+                    log!("pg_ha: stopping the WAL receiver (pid {pid}) that still runs");
+                    signalled = Some(pid);
+                }
+                // SAFETY: signalling our own server's WAL receiver (it exits at once, also while
+                // connecting).
                 unsafe {
                     libc::kill(pid, libc::SIGTERM);
                 }
