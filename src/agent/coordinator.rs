@@ -53,6 +53,7 @@ async fn pledge_call(
         PledgeRequest {
             term: term.0,
             coordinator: me,
+            attempt: 0,
         },
         timeout,
     );
@@ -395,6 +396,7 @@ pub async fn attempt(
                     coordinator: me.to_string(),
                     ruleset: Some(wire::ruleset_to_wire(&ruleset)),
                     reason: reason.into(),
+                    attempt: 0,
                 };
                 let result = match promote_call(addr, token.clone(), req, Duration::from_secs(60))
                     .await
