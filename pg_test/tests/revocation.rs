@@ -205,11 +205,15 @@ fn lost_pledge_file_is_not_relearned_from_the_revoked_leader_alone() {
         || Ok(commit.returned() || f1.log_contains("pg_ha: pledge file relearned")),
     )
     .unwrap();
+    wait_until(T, "node2's agent to report the relearned term", || {
+        Ok(f1.agent_status().map(|s| s.pledged_term).unwrap_or(0) >= next)
+    })
+    .unwrap();
+    assert_eq!(f1.agent_status().unwrap().pledged_term, next);
     assert!(
         !commit.returned(),
         "I2: the revoked leader completed a commit"
     );
-    assert_eq!(f1.agent_status().unwrap().pledged_term, next);
     assert!(!streams_to(l, "node2").unwrap());
 }
 
