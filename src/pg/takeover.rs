@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 impl Steward {
     pub fn handle_pledge(&mut self, req: &PledgeRequest) -> PledgeReply {
         let coordinator = NodeId::new(req.coordinator.clone());
-        let next = match self.pledge.on_pledge_request(Term(req.term), &coordinator) {
+        let next = match self
+            .pledge
+            .on_pledge_request(Term(req.term), &coordinator, req.attempt)
+        {
             Ok(s) => s,
             Err(refusal) => {
                 log!(
@@ -54,9 +57,10 @@ impl Steward {
         let newest = BackgroundWorker::transaction(catalog::newest_ruleset);
         if fresh {
             log!(
-                "pg_ha: pledged to {} for term {} (flush {}, timeline {}, ruleset v{})",
+                "pg_ha: pledged to {} for term {} (attempt {:016x}; flush {}, timeline {}, ruleset v{})",
                 req.coordinator,
                 req.term,
+                req.attempt,
                 local::lsn_text(wal.flush_lsn),
                 wal.timeline,
                 newest.as_ref().map_or(0, |r| r.version)
@@ -196,14 +200,12 @@ impl Steward {
                 ..Default::default()
             }
         };
-        if self.pledge.term.0 != req.term
-            || self.pledge.coordinator.as_ref().map(|c| c.as_str())
-                != Some(req.coordinator.as_str())
+        let coordinator = NodeId::new(req.coordinator.clone());
+        if let Err(refusal) = self
+            .pledge
+            .may_promote(Term(req.term), &coordinator, req.attempt)
         {
-            return fail(format!(
-                "not pledged to {} in term {} (pledged term {})",
-                req.coordinator, req.term, self.pledge.term
-            ));
+            return fail(refusal.to_string());
         }
         let Some(ruleset) = req.ruleset.as_ref().and_then(wire::ruleset_from_wire) else {
             return fail("malformed ruleset".into());
