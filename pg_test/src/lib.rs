@@ -33,7 +33,7 @@ mod spec;
 mod teardown;
 mod wait;
 
-pub use agent::{agent_status, agent_status_async, pb, StatusReply};
+pub use agent::{agent_pledge, agent_promote, agent_status, agent_status_async, pb, StatusReply};
 pub use cluster::Cluster;
 pub use error::{Error, Result};
 pub use http::{http_get, HttpResponse, Metrics};

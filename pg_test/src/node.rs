@@ -431,7 +431,15 @@ impl Node {
                 "agent_pledge from outside namespace {ns}"
             )));
         }
-        crate::agent::agent_pledge(&self.agent_addr(), &self.token, term, coordinator)
+        crate::agent::agent_pledge(
+            &self.agent_addr(),
+            &self.token,
+            crate::pb::PledgeRequest {
+                term,
+                coordinator: coordinator.into(),
+                attempt: 1,
+            },
+        )
     }
 }
 

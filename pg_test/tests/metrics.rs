@@ -233,6 +233,7 @@ fn stale_pledge(n: &Node, token: &str) -> bool {
         let mut req = tonic::Request::new(PledgeRequest {
             term: 1,
             coordinator: "pg_test".into(),
+            ..Default::default()
         });
         req.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());

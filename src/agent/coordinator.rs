@@ -39,10 +39,28 @@ fn request<T>(token: &str, body: T, timeout: Duration) -> tonic::Request<T> {
     req
 }
 
+/// A fresh attempt id: random (the process' hash seed, the clock, a counter), never 0. Two attempts of
+/// one coordinator in one term must differ (a node pledges to one attempt per term, I1).
+fn new_attempt_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish().max(1)
+}
+
 async fn pledge_call(
     addr: AgentAddr,
     token: String,
     term: Term,
+    attempt: u64,
     me: String,
     timeout: Duration,
 ) -> Result<PledgeReply, String> {
@@ -53,6 +71,7 @@ async fn pledge_call(
         PledgeRequest {
             term: term.0,
             coordinator: me,
+            attempt,
         },
         timeout,
     );
@@ -271,12 +290,16 @@ pub async fn attempt(
         }
     }
     seen.push(Term(shared.snapshot.read().reply.term));
+    // Never a term this agent already raced for: the views above may not show its pledges yet.
+    seen.push(Term(shared.highest_term_used.load(Ordering::Acquire)));
     let term = Attempt::next_term(seen);
+    shared.highest_term_used.fetch_max(term.0, Ordering::AcqRel);
+    let attempt_id = new_attempt_id();
     let mut att = Attempt::new(NodeId::new(me), term, known.clone(), kind);
     log(
         events,
         format!(
-            "coordinator {me}: {what}; racing for term {term} under ruleset v{} (cohort [{}], policy {})",
+            "coordinator {me}: {what}; racing for term {term} (attempt {attempt_id:016x}) under ruleset v{} (cohort [{}], policy {})",
             known.version,
             known.cohort.keys().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
             known.policy
@@ -301,7 +324,12 @@ pub async fn attempt(
                 }?;
                 let (token, me) = (token.clone(), me.to_string());
                 let node = n.clone();
-                Some(async move { (node, pledge_call(addr, token, term, me, rpc_timeout).await) })
+                Some(async move {
+                    (
+                        node,
+                        pledge_call(addr, token, term, attempt_id, me, rpc_timeout).await,
+                    )
+                })
             })
             .collect();
         for (node, r) in futures_join_all(calls).await {
@@ -395,6 +423,7 @@ pub async fn attempt(
                     coordinator: me.to_string(),
                     ruleset: Some(wire::ruleset_to_wire(&ruleset)),
                     reason: reason.into(),
+                    attempt: attempt_id,
                 };
                 let result = match promote_call(addr, token.clone(), req, Duration::from_secs(60))
                     .await

@@ -16,7 +16,7 @@ use crate::config::AgentAddr;
 use crate::proto::{PledgeReply, PledgeRequest, PromoteReply, PromoteRequest, StatusReply};
 use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::Sender;
 use std::time::Instant;
 
@@ -91,6 +91,10 @@ pub struct Shared {
     pub commands: Mutex<Sender<Command>>,
     /// This agent's detection view, served in Status (`leader_lost`).
     pub leader_lost: AtomicBool,
+    /// The highest term this agent's coordinator has raced for: its next attempt goes above it even when
+    /// the peers' views are stale (one agent never reuses a term; the nodes' one-attempt-per-term rule
+    /// makes a reuse after a restart harmless, I1).
+    pub highest_term_used: AtomicU64,
     pub started: Instant,
     /// `ha.debug_failpoint` (testing only).
     pub failpoint: RwLock<String>,

@@ -1,9 +1,10 @@
 //! Following the leader of the newest term (template step 6, pull-based): each node looks at its
 //! peers' Status answers; a standby points `primary_conninfo` at the newest leader, and a node whose
-//! WAL diverged from it (I4) rejoins through pg_rewind (`rejoin`).
+//! WAL diverged from it (I4) rejoins through pg_rewind (`rejoin`). A node whose pledge file was lost
+//! follows no one until it has relearned its term (I2).
 
 use super::steward::Steward;
-use super::{alter_system, catalog, local, rejoin};
+use super::{alter_system, catalog, local, rejoin, walrcv};
 use crate::proto::StatusReply;
 use pg_ha_core::Term;
 use pgrx::bgworkers::BackgroundWorker;
@@ -29,6 +30,22 @@ impl Steward {
                 self.rejoin_failed_logged = true;
             }
             return wal.in_recovery;
+        }
+        // A lost pledge file: this node may have promised a term above any leader it can see. It
+        // follows no one (and stops streaming if it does) until it has relearned its term (I2).
+        if self.pledge.must_relearn {
+            if wal.in_recovery {
+                let conninfo = BackgroundWorker::transaction(|| catalog::show("primary_conninfo"))
+                    .unwrap_or_default();
+                if !conninfo.is_empty() || walrcv::receiver() != walrcv::Receiver::Stopped {
+                    if let Err(e) = self.stop_streaming(
+                        "pledge file lost: stopped streaming; following no leader until the highest term is relearned",
+                    ) {
+                        warning!("pg_ha: pledge file lost, but {e}");
+                    }
+                }
+            }
+            return false;
         }
         let my_term = newest.map_or(0, |r| r.term.0);
         // The leader of the newest term among the peers: a primary whose newest row names itself.
@@ -63,10 +80,19 @@ impl Steward {
             self.start_rejoin(target, rewind, &why);
             return true;
         }
-        // Learn the term from the leader we follow (a pledge file lost or behind).
-        if let Ok(Some(next)) = self.pledge.on_follow(Term(target.ruleset_term)) {
-            if let Err(e) = self.persist_pledge(next) {
-                warning!("pg_ha: {e}");
+        // Learn the term from the leader we follow (a pledge file behind).
+        match self.pledge.on_follow(Term(target.ruleset_term)) {
+            Ok(Some(next)) => {
+                if let Err(e) = self.persist_pledge(next) {
+                    warning!("pg_ha: not following {}: {e}", target.node_name);
+                    return false;
+                }
+            }
+            Ok(None) => {}
+            Err(refusal) => {
+                // Checked above; the core has the last word.
+                log!("pg_ha: not following {}: {refusal}", target.node_name);
+                return false;
             }
         }
         // After a pg_rewind the node starts replaying from a checkpoint of the old timeline, but its

@@ -18,5 +18,6 @@ pub mod shmem;
 pub mod steward;
 pub mod takeover;
 pub mod timeline;
+pub mod walrcv;
 pub mod walsnd;
 pub mod worker;

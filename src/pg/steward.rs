@@ -71,6 +71,8 @@ pub struct Steward {
     pub failover_timeout: std::time::Duration,
     /// Since when the pledge file has been known lost (waiting to relearn the highest term).
     relearn_since: Option<Instant>,
+    /// "cannot relearn yet" was logged for this loss.
+    relearn_wait_logged: bool,
     pub(crate) rejoin_failed_logged: bool,
     /// Cohort members' pledged terms from the latest Status answers (filled by the worker).
     pub peer_terms: BTreeMap<String, u64>,
@@ -169,15 +171,18 @@ impl Steward {
             systemd_unit: String::new(),
             failover_timeout: std::time::Duration::from_secs(2),
             relearn_since: None,
+            relearn_wait_logged: false,
             rejoin_failed_logged: false,
             peer_terms: BTreeMap::new(),
             peers_heard: false,
         }
     }
 
-    /// The pledge file was lost: relearn the highest term pledged on a majority of the cohort before
-    /// pledging or following again. Wait two failover timeouts first, so that an attempt this node
-    /// answered before the loss has finished (its term then shows up in the peers' answers).
+    /// The pledge file was lost: relearn the highest term the other cohort members report before
+    /// pledging or following again, from enough of them to meet every recruit quorum
+    /// (`PledgeState::relearn_quorum`; this node does not count, it is the one that forgot). Wait two
+    /// failover timeouts first, so that an attempt this node answered before the loss has finished (its
+    /// term then shows up in the peers' answers).
     fn relearn(&mut self, newest: Option<&Ruleset>) {
         let since = *self.relearn_since.get_or_insert_with(Instant::now);
         let Some(r) = newest else { return };
@@ -190,8 +195,17 @@ impl Steward {
             .filter(|m| m.as_str() != self.node)
             .filter_map(|m| self.peer_terms.get(m.as_str()).copied())
             .collect();
-        if (answers.len() + 1) * 2 <= r.n() {
-            return; // not a majority of the cohort yet
+        let others = r.n().saturating_sub(1);
+        let need = PledgeState::relearn_quorum(r.n());
+        if answers.len() < need {
+            if !self.relearn_wait_logged {
+                log!(
+                    "pg_ha: pledge file lost: cannot relearn the highest term yet: {} of the {others} other members answered, {need} needed; following no leader and pledging to no one",
+                    answers.len()
+                );
+                self.relearn_wait_logged = true;
+            }
+            return;
         }
         let highest = answers
             .iter()
@@ -206,11 +220,11 @@ impl Steward {
         match self.persist_pledge(next) {
             Ok(()) => {
                 log!(
-                    "pg_ha: pledge file relearned: highest term on a majority of the cohort ({} of {} answered) is {highest}",
-                    answers.len() + 1,
-                    r.n()
+                    "pg_ha: pledge file relearned: the highest term reported by {} of the {others} other members is {highest}",
+                    answers.len()
                 );
                 self.relearn_since = None;
+                self.relearn_wait_logged = false;
             }
             Err(e) => warning!("pg_ha: {e}"),
         }
@@ -269,7 +283,9 @@ impl Steward {
             // A primary no ruleset knows about (before ha.bootstrap) is not fenced: pg_ha manages
             // nothing yet. Every other non-leader is.
             gate_shmem::set_fence(unmanaged_primary);
-            if wal.in_recovery && self.following_since.is_none() {
+            // (Not while the pledge is lost: its primary_conninfo was cleared, and this agent may not
+            // have reloaded it yet.)
+            if wal.in_recovery && self.following_since.is_none() && !self.pledge.must_relearn {
                 self.ensure_application_name();
             }
             return;

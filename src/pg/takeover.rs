@@ -3,7 +3,7 @@
 //! (pg_promote, then the new term's ruleset row; the steward establishes once it is durable).
 
 use super::steward::Steward;
-use super::{alter_system, catalog, gate_shmem, local};
+use super::{alter_system, catalog, gate_shmem, local, walrcv};
 use crate::agent::wire;
 use crate::proto::{PledgeReply, PledgeRequest, PromoteReply, PromoteRequest};
 use pg_ha_core::{NodeId, Term};
@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 impl Steward {
     pub fn handle_pledge(&mut self, req: &PledgeRequest) -> PledgeReply {
         let coordinator = NodeId::new(req.coordinator.clone());
-        let next = match self.pledge.on_pledge_request(Term(req.term), &coordinator) {
+        let next = match self
+            .pledge
+            .on_pledge_request(Term(req.term), &coordinator, req.attempt)
+        {
             Ok(s) => s,
             Err(refusal) => {
                 log!(
@@ -54,9 +57,10 @@ impl Steward {
         let newest = BackgroundWorker::transaction(catalog::newest_ruleset);
         if fresh {
             log!(
-                "pg_ha: pledged to {} for term {} (flush {}, timeline {}, ruleset v{})",
+                "pg_ha: pledged to {} for term {} (attempt {:016x}; flush {}, timeline {}, ruleset v{})",
                 req.coordinator,
                 req.term,
+                req.attempt,
                 local::lsn_text(wal.flush_lsn),
                 wal.timeline,
                 newest.as_ref().map_or(0, |r| r.version)
@@ -97,35 +101,9 @@ impl Steward {
             return Ok(());
         }
         // A standby: stop streaming (and so acknowledging) until a leader of term >= `term` exists.
-        let conninfo =
-            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
-        if !conninfo.is_empty() {
-            BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some("")));
-            self.following_since = None;
-            log!("pg_ha: pledged to term {term}: stopped streaming from the old leader");
-        }
-        // The startup process restarts the WAL receiver without a conninfo on the reload; until then,
-        // signal any receiver that still streams, and do not answer while one does.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let started = Instant::now();
-        loop {
-            let rcv = BackgroundWorker::transaction(|| {
-                catalog::select_one::<i32>(
-                    "SELECT pid FROM pg_stat_wal_receiver WHERE conninfo IS NOT NULL AND conninfo <> ''",
-                )
-            });
-            let Some(pid) = rcv else { break };
-            if Instant::now() > deadline {
-                return Err("the WAL receiver still streams from the old leader".into());
-            }
-            if started.elapsed() > Duration::from_millis(200) {
-                // SAFETY: signalling our own server's WAL receiver.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.stop_streaming(&format!(
+            "pledged to term {term}: stopped streaming from the old leader"
+        ))?;
         // Replay everything received, so the reported ruleset row (read at the replay position) and
         // flush position agree. The received WAL may end in a partial record that never completes, so
         // "done" is: replay reached the received end, or replay stopped moving while the startup
@@ -168,6 +146,53 @@ impl Steward {
         }
     }
 
+    /// A standby stops streaming (and so acknowledging WAL to anyone): clear `primary_conninfo`, and
+    /// return only once no WAL receiver runs, connecting ones included. Logs `why` when it cleared the
+    /// setting.
+    pub(crate) fn stop_streaming(&mut self, why: &str) -> Result<(), String> {
+        let conninfo =
+            BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
+        if !conninfo.is_empty() {
+            BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some("")));
+            self.following_since = None;
+            log!("pg_ha: {why}");
+        }
+        // On the reload the startup process stops its WAL receiver and starts none. Until no receiver
+        // runs, do not return: read the receiver's shared state (pg_stat_wal_receiver hides one that is
+        // still connecting, and it would stream and acknowledge once connected), and after a grace
+        // period for the startup process, signal the receiver ourselves (the startup process may be busy
+        // replaying and not yet have acted on the reload).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let started = Instant::now();
+        let mut signalled = None;
+        loop {
+            let pid = match walrcv::receiver() {
+                walrcv::Receiver::Stopped => break,
+                walrcv::Receiver::Starting => None,
+                walrcv::Receiver::Running(pid) => Some(pid),
+            };
+            if Instant::now() > deadline {
+                return Err(match pid {
+                    Some(pid) => format!("the WAL receiver (pid {pid}) still runs"),
+                    None => "a WAL receiver is still being started".into(),
+                });
+            }
+            if let Some(pid) = pid.filter(|_| started.elapsed() > Duration::from_millis(200)) {
+                if signalled != Some(pid) {
+                    log!("pg_ha: stopping the WAL receiver (pid {pid}) that still runs");
+                    signalled = Some(pid);
+                }
+                // SAFETY: signalling our own server's WAL receiver (it exits at once, also while
+                // connecting).
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     pub fn handle_promote(&mut self, req: &PromoteRequest) -> PromoteReply {
         let fail = |e: String| {
             log!("pg_ha: promotion for term {} refused: {e}", req.term);
@@ -177,14 +202,12 @@ impl Steward {
                 ..Default::default()
             }
         };
-        if self.pledge.term.0 != req.term
-            || self.pledge.coordinator.as_ref().map(|c| c.as_str())
-                != Some(req.coordinator.as_str())
+        let coordinator = NodeId::new(req.coordinator.clone());
+        if let Err(refusal) = self
+            .pledge
+            .may_promote(Term(req.term), &coordinator, req.attempt)
         {
-            return fail(format!(
-                "not pledged to {} in term {} (pledged term {})",
-                req.coordinator, req.term, self.pledge.term
-            ));
+            return fail(refusal.to_string());
         }
         let Some(ruleset) = req.ruleset.as_ref().and_then(wire::ruleset_from_wire) else {
             return fail("malformed ruleset".into());

@@ -129,6 +129,7 @@ pub extern "C-unwind" fn pg_ha_agent_main(_arg: pg_sys::Datum) {
         peer_views: RwLock::new(Default::default()),
         commands: parking_lot::Mutex::new(cmd_tx),
         leader_lost: std::sync::atomic::AtomicBool::new(false),
+        highest_term_used: std::sync::atomic::AtomicU64::new(0),
         started: Instant::now(),
         failpoint: RwLock::new(settings.failpoint.clone()),
         metrics_address: tokio::sync::watch::Sender::new(settings.metrics_address.clone()),

@@ -33,7 +33,7 @@ pub use coordinator::{Attempt, AttemptKind, ReplyEffect, ReplyError};
 pub use detection::{leader_may_be_replaced, should_race};
 pub use pledge::{
     decode, encode, CodecError, FollowRefusal, NodeReport, PledgeRecord, PledgeRefusal,
-    PledgeState, RewindFloor,
+    PledgeState, PromoteRefusal, RewindFloor,
 };
 pub use policy::{Policy, PolicyParseError};
 pub use quorum::Tally;

@@ -4,16 +4,18 @@
 //! The agent persists the state returned by `on_pledge_request` (write temp, fsync, rename, fsync dir)
 //! *before* it answers the coordinator; this module never touches the disk.
 //!
-//! # Pledge file format (text, version 1)
-//! Six lines, each ending in `\n`, ASCII:
+//! # Pledge file format (text, version 2)
+//! Seven lines, each ending in `\n`, ASCII:
 //! ```text
-//! pg_ha pledge v1
+//! pg_ha pledge v2
 //! term 7
 //! coordinator node-b          ("-" when the term was learned by following a leader, not pledged)
+//! attempt 9f3a0c2e11d4b705    (the coordinator's attempt, 16 lowercase hex digits; 0 when none)
 //! floor 6 0/3000060           ("floor -" when no rewind floor is set: ruleset term, then LSN)
 //! relearn no                  ("yes": the file was lost; relearn the highest term before pledging)
 //! crc32 1c291ca3              (CRC-32/IEEE of every byte before this line, 8 lowercase hex digits)
 //! ```
+//! Version 1 (written before attempts were recorded) has no `attempt` line and reads as attempt 0.
 //! A node name is written with `%XX` escapes for any byte outside `A-Z a-z 0-9 . _ : @ + -` (and the
 //! name `-` itself is written `%2D`). Anything else (a torn, truncated, corrupted or unknown-version file)
 //! is a `CodecError`: the agent must then treat the pledge as lost (`PledgeState::lost`), never as term 0.
@@ -41,6 +43,9 @@ pub struct PledgeState {
     pub term: Term,
     /// The coordinator pledged to in `term`; `None` when `term` was learned by following (or is 0).
     pub coordinator: Option<NodeId>,
+    /// The coordinator's attempt pledged to in `term` (one per term, I1): 0 when none, or read from a
+    /// version 1 file.
+    pub attempt: u64,
     /// Set before a rewind, cleared by `passed_floor`.
     pub floor: Option<RewindFloor>,
     /// The pledge file was lost: the node does not know which terms it promised. It must not pledge,
@@ -59,6 +64,13 @@ pub enum PledgeRefusal {
     LowerTerm { asked: Term, current: Term },
     #[error("already pledged in term {current} to {pledged_to}")]
     TermTaken { current: Term, pledged_to: String },
+    #[error("already pledged in term {current} to another attempt of {coordinator} (attempt {pledged:016x}, not {asked:016x})")]
+    AttemptTaken {
+        current: Term,
+        coordinator: String,
+        pledged: u64,
+        asked: u64,
+    },
     #[error(
         "pledge file lost: the highest term (at least {current}) must be relearned before pledging"
     )]
@@ -73,10 +85,29 @@ impl PledgeRefusal {
         match self {
             PledgeRefusal::LowerTerm { current, .. }
             | PledgeRefusal::TermTaken { current, .. }
+            | PledgeRefusal::AttemptTaken { current, .. }
             | PledgeRefusal::MustRelearn { current }
             | PledgeRefusal::BelowRewindFloor { current, .. } => *current,
         }
     }
+}
+
+/// Why a node will not be promoted by a coordinator's attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum PromoteRefusal {
+    #[error("not pledged to {coordinator} in term {term} (pledged term {current})")]
+    NotPledged {
+        term: Term,
+        coordinator: String,
+        current: Term,
+    },
+    #[error("pledged to attempt {pledged:016x} of {coordinator} in term {term}, not to attempt {asked:016x}")]
+    OtherAttempt {
+        term: Term,
+        coordinator: String,
+        pledged: u64,
+        asked: u64,
+    },
 }
 
 /// Why a node will not stream from (acknowledge WAL to) a leader.
@@ -94,6 +125,7 @@ impl PledgeState {
         PledgeState {
             term: Term::ZERO,
             coordinator: None,
+            attempt: 0,
             floor: None,
             must_relearn: false,
         }
@@ -107,14 +139,17 @@ impl PledgeState {
         }
     }
 
-    /// A pledge request for `term` from `coordinator`. `Ok(new state)`: persist it, then answer with a
-    /// `NodeReport`; from then on acknowledge no WAL to leaders of a lower term (drop the replication
-    /// connection). Accepted iff `term` is above the pledged term, or it is the very same pledge again
-    /// (idempotent, so a duplicated request gets the same answer).
+    /// A pledge request for `term` from `coordinator`'s attempt `attempt`. `Ok(new state)`: persist it,
+    /// then answer with a `NodeReport`; from then on acknowledge no WAL to leaders of a lower term (drop
+    /// the replication connection). Accepted iff `term` is above the pledged term, or it is the very
+    /// same pledge again (idempotent, so a duplicated request gets the same answer). Another attempt of
+    /// the same coordinator in the same term is refused: a coordinator that retries may reuse a term,
+    /// and two attempts that both gathered a quorum could promote two nodes (I1).
     pub fn on_pledge_request(
         &self,
         term: Term,
         coordinator: &NodeId,
+        attempt: u64,
     ) -> Result<PledgeState, PledgeRefusal> {
         if self.must_relearn {
             return Err(PledgeRefusal::MustRelearn { current: self.term });
@@ -132,8 +167,15 @@ impl PledgeState {
             });
         }
         if term == self.term {
-            return if self.coordinator.as_ref() == Some(coordinator) {
+            return if self.coordinator.as_ref() == Some(coordinator) && self.attempt == attempt {
                 Ok(self.clone())
+            } else if self.coordinator.as_ref() == Some(coordinator) {
+                Err(PledgeRefusal::AttemptTaken {
+                    current: self.term,
+                    coordinator: coordinator.to_string(),
+                    pledged: self.attempt,
+                    asked: attempt,
+                })
             } else {
                 Err(PledgeRefusal::TermTaken {
                     current: self.term,
@@ -148,9 +190,37 @@ impl PledgeState {
         Ok(PledgeState {
             term,
             coordinator: Some(coordinator.clone()),
+            attempt,
             floor: self.floor,
             must_relearn: false,
         })
+    }
+
+    /// May `coordinator`'s attempt `attempt` promote this node as leader of `term`? Only the attempt it
+    /// pledged to in exactly that term (I1: one attempt per term gathers a quorum, and it promotes one
+    /// node).
+    pub fn may_promote(
+        &self,
+        term: Term,
+        coordinator: &NodeId,
+        attempt: u64,
+    ) -> Result<(), PromoteRefusal> {
+        if self.term != term || self.coordinator.as_ref() != Some(coordinator) {
+            return Err(PromoteRefusal::NotPledged {
+                term,
+                coordinator: coordinator.to_string(),
+                current: self.term,
+            });
+        }
+        if self.attempt != attempt {
+            return Err(PromoteRefusal::OtherAttempt {
+                term,
+                coordinator: coordinator.to_string(),
+                pledged: self.attempt,
+                asked: attempt,
+            });
+        }
+        Ok(())
     }
 
     /// May this node stream from (and acknowledge WAL to) a leader of `leader_term`? `Ok(Some(state))`:
@@ -172,12 +242,13 @@ impl PledgeState {
         Ok(Some(PledgeState {
             term: leader_term,
             coordinator: None,
+            attempt: 0,
             ..self.clone()
         }))
     }
 
-    /// The agent relearned `highest`, the highest term pledged on a majority of the cohort (asked after the
-    /// loss). The node takes it as its own term without a coordinator, so it will only pledge to terms
+    /// The agent relearned `highest`, the highest term reported by `relearn_quorum` other members of the
+    /// cohort (asked after the loss). The node takes it as its own term without a coordinator, so it will only pledge to terms
     /// strictly above it. (A coordinator whose request was answered before the loss and whose term is
     /// above what the majority reports can still race this node: the agent should also wait at least one
     /// coordinator attempt timeout before answering pledges.)
@@ -185,9 +256,19 @@ impl PledgeState {
         PledgeState {
             term: self.term.max(highest),
             coordinator: None,
+            attempt: 0,
             floor: self.floor,
             must_relearn: false,
         }
+    }
+
+    /// How many of the *other* cohort members must report their terms before a node of a cohort of
+    /// `cohort_size` that lost its pledge file may `relearn`. A recruit quorum holds more than half the
+    /// cohort, so at least `floor(n/2)` of its recruits are other nodes; any `ceil(n/2)` of the `n - 1`
+    /// others include one of them, which remembers the term it pledged to. This node itself must not
+    /// count: it is the recruit that forgot. A cohort of one has nobody to ask (0).
+    pub fn relearn_quorum(cohort_size: usize) -> usize {
+        cohort_size.div_ceil(2).min(cohort_size.saturating_sub(1))
     }
 
     /// The state to persist before running pg_rewind.
@@ -279,12 +360,13 @@ const MAGIC: &str = "pg_ha pledge v";
 /// Serialize a pledge record to the file format above.
 pub fn encode(rec: &PledgeRecord) -> Vec<u8> {
     let mut body = String::new();
-    body.push_str("pg_ha pledge v1\n");
+    body.push_str("pg_ha pledge v2\n");
     body.push_str(&format!("term {}\n", rec.term.0));
     match &rec.coordinator {
         Some(c) => body.push_str(&format!("coordinator {}\n", escape(c.as_str()))),
         None => body.push_str("coordinator -\n"),
     }
+    body.push_str(&format!("attempt {:016x}\n", rec.attempt));
     match rec.floor {
         Some(f) => body.push_str(&format!("floor {} {}\n", f.ruleset_term.0, f.lsn)),
         None => body.push_str("floor -\n"),
@@ -309,11 +391,15 @@ pub fn decode(bytes: &[u8]) -> Result<PledgeRecord, CodecError> {
         return Err(CodecError::BadMagic);
     }
     let first = text.lines().next().unwrap_or("");
-    if first != "pg_ha pledge v1" {
-        return Err(CodecError::UnsupportedVersion(
-            first[MAGIC.len()..].to_owned(),
-        ));
-    }
+    let v2 = match first {
+        "pg_ha pledge v1" => false,
+        "pg_ha pledge v2" => true,
+        _ => {
+            return Err(CodecError::UnsupportedVersion(
+                first[MAGIC.len()..].to_owned(),
+            ))
+        }
+    };
     if !text.ends_with('\n') {
         return Err(CodecError::Truncated);
     }
@@ -340,9 +426,29 @@ pub fn decode(bytes: &[u8]) -> Result<PledgeRecord, CodecError> {
         expected,
         found: lines.get(line).copied().unwrap_or("<missing>").to_owned(),
     };
-    if lines.len() != 5 {
-        return Err(bad(lines.len().min(5), "exactly 5 lines before crc32"));
+    let (count, expected) = if v2 {
+        (6, "exactly 6 lines before crc32")
+    } else {
+        (5, "exactly 5 lines before crc32")
+    };
+    if lines.len() != count {
+        return Err(bad(lines.len().min(count), expected));
     }
+    let attempt = if v2 {
+        lines[3]
+            .strip_prefix("attempt ")
+            .filter(|h| {
+                h.len() == 16
+                    && h.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(|| bad(3, "`attempt` and 16 lowercase hex digits"))?
+    } else {
+        0
+    };
+    // The floor and relearn lines come after the attempt line in version 2.
+    let (fl, rl) = if v2 { (4, 5) } else { (3, 4) };
     let term = lines[1]
         .strip_prefix("term ")
         .and_then(parse_u64)
@@ -357,29 +463,30 @@ pub fn decode(bytes: &[u8]) -> Result<PledgeRecord, CodecError> {
         }
         None => return Err(bad(2, "`coordinator NAME` or `coordinator -`")),
     };
-    let floor = match lines[3].strip_prefix("floor ") {
+    let floor = match lines[fl].strip_prefix("floor ") {
         Some("-") => None,
         Some(rest) => {
             let (t, l) = rest
                 .split_once(' ')
-                .ok_or_else(|| bad(3, "`floor TERM X/Y` or `floor -`"))?;
-            let ruleset_term = parse_u64(t).ok_or_else(|| bad(3, "`floor TERM X/Y`"))?;
-            let lsn = l.parse().map_err(|_| bad(3, "`floor TERM X/Y`"))?;
+                .ok_or_else(|| bad(fl, "`floor TERM X/Y` or `floor -`"))?;
+            let ruleset_term = parse_u64(t).ok_or_else(|| bad(fl, "`floor TERM X/Y`"))?;
+            let lsn = l.parse().map_err(|_| bad(fl, "`floor TERM X/Y`"))?;
             Some(RewindFloor {
                 ruleset_term: Term(ruleset_term),
                 lsn,
             })
         }
-        None => return Err(bad(3, "`floor TERM X/Y` or `floor -`")),
+        None => return Err(bad(fl, "`floor TERM X/Y` or `floor -`")),
     };
-    let must_relearn = match lines[4] {
+    let must_relearn = match lines[rl] {
         "relearn yes" => true,
         "relearn no" => false,
-        _ => return Err(bad(4, "`relearn yes` or `relearn no`")),
+        _ => return Err(bad(rl, "`relearn yes` or `relearn no`")),
     };
     Ok(PledgeRecord {
         term,
         coordinator,
+        attempt,
         floor,
         must_relearn,
     })
@@ -465,13 +572,13 @@ mod tests {
     #[test]
     fn pledge_state_machine_i1() {
         let s0 = PledgeState::fresh();
-        let s1 = s0.on_pledge_request(Term(3), &n("c1")).unwrap();
+        let s1 = s0.on_pledge_request(Term(3), &n("c1"), 7).unwrap();
         assert_eq!((s1.term, s1.coordinator.clone()), (Term(3), Some(n("c1"))));
-        assert_eq!(s1.on_pledge_request(Term(3), &n("c1")).unwrap(), s1);
-        let e = s1.on_pledge_request(Term(3), &n("c2")).unwrap_err();
+        assert_eq!(s1.on_pledge_request(Term(3), &n("c1"), 7).unwrap(), s1);
+        let e = s1.on_pledge_request(Term(3), &n("c2"), 7).unwrap_err();
         assert_eq!(e.current_term(), Term(3));
         assert!(matches!(e, PledgeRefusal::TermTaken { .. }));
-        let e = s1.on_pledge_request(Term(2), &n("c1")).unwrap_err();
+        let e = s1.on_pledge_request(Term(2), &n("c1"), 7).unwrap_err();
         assert_eq!(
             e,
             PledgeRefusal::LowerTerm {
@@ -479,23 +586,61 @@ mod tests {
                 current: Term(3)
             }
         );
-        let s2 = s1.on_pledge_request(Term(4), &n("c2")).unwrap();
+        let s2 = s1.on_pledge_request(Term(4), &n("c2"), 1).unwrap();
         assert_eq!(s2.term, Term(4));
+    }
+
+    /// I1: a coordinator that retries in a term it already used (another attempt) gets no second
+    /// pledge, and only the attempt a node pledged to may promote it.
+    #[test]
+    fn one_attempt_per_term_i1() {
+        let s = PledgeState::fresh()
+            .on_pledge_request(Term(3), &n("c1"), 7)
+            .unwrap();
+        assert_eq!(s.attempt, 7);
+        assert_eq!(
+            s.on_pledge_request(Term(3), &n("c1"), 8),
+            Err(PledgeRefusal::AttemptTaken {
+                current: Term(3),
+                coordinator: "c1".into(),
+                pledged: 7,
+                asked: 8
+            })
+        );
+        assert_eq!(s.may_promote(Term(3), &n("c1"), 7), Ok(()));
+        assert!(matches!(
+            s.may_promote(Term(3), &n("c1"), 8),
+            Err(PromoteRefusal::OtherAttempt { .. })
+        ));
+        assert!(matches!(
+            s.may_promote(Term(3), &n("c2"), 7),
+            Err(PromoteRefusal::NotPledged { .. })
+        ));
+        assert!(matches!(
+            s.may_promote(Term(2), &n("c1"), 7),
+            Err(PromoteRefusal::NotPledged { .. })
+        ));
+        // A later term takes a new attempt; learning a term by following records none.
+        let t = s.on_pledge_request(Term(4), &n("c1"), 8).unwrap();
+        assert_eq!((t.term, t.attempt), (Term(4), 8));
+        let f = t.on_follow(Term(5)).unwrap().unwrap();
+        assert_eq!((f.coordinator.clone(), f.attempt), (None, 0));
+        assert!(f.may_promote(Term(5), &n("c1"), 0).is_err());
     }
 
     /// I2/I6: following a leader requires its term to be at least the pledged one, and teaches the term.
     #[test]
     fn follow_rules_i2() {
         let s = PledgeState::fresh()
-            .on_pledge_request(Term(3), &n("c1"))
+            .on_pledge_request(Term(3), &n("c1"), 1)
             .unwrap();
         assert!(s.on_follow(Term(2)).is_err());
         assert_eq!(s.on_follow(Term(3)), Ok(None));
         let t = s.on_follow(Term(5)).unwrap().unwrap();
         assert_eq!((t.term, t.coordinator.clone()), (Term(5), None));
         // Learned by following: nobody may get this node's pledge in term 5.
-        assert!(t.on_pledge_request(Term(5), &n("c1")).is_err());
-        assert!(t.on_pledge_request(Term(6), &n("c1")).is_ok());
+        assert!(t.on_pledge_request(Term(5), &n("c1"), 1).is_err());
+        assert!(t.on_pledge_request(Term(6), &n("c1"), 1).is_ok());
     }
 
     /// I3 (Postgres trap): a rewound node neither pledges nor counts until it passed its floor; a node that
@@ -503,7 +648,7 @@ mod tests {
     #[test]
     fn floor_and_lost_file_i3() {
         let s = PledgeState::fresh()
-            .on_pledge_request(Term(3), &n("c1"))
+            .on_pledge_request(Term(3), &n("c1"), 1)
             .unwrap();
         let floor = RewindFloor {
             ruleset_term: Term(3),
@@ -512,7 +657,7 @@ mod tests {
         let f = s.with_floor(floor);
         assert!(!f.counts_toward_durability());
         assert!(matches!(
-            f.on_pledge_request(Term(9), &n("c2")),
+            f.on_pledge_request(Term(9), &n("c2"), 1),
             Err(PledgeRefusal::BelowRewindFloor { .. })
         ));
         assert_eq!(f.passed_floor(Term(3), Lsn(499)), None);
@@ -523,13 +668,40 @@ mod tests {
         let lost = PledgeState::lost();
         assert!(!lost.counts_toward_durability());
         assert!(matches!(
-            lost.on_pledge_request(Term(100), &n("c")),
+            lost.on_pledge_request(Term(100), &n("c"), 1),
             Err(PledgeRefusal::MustRelearn { .. })
         ));
         assert_eq!(lost.on_follow(Term(100)), Err(FollowRefusal::MustRelearn));
         let r = lost.relearn(Term(7));
-        assert!(r.on_pledge_request(Term(7), &n("c")).is_err());
-        assert!(r.on_pledge_request(Term(8), &n("c")).is_ok());
+        assert!(r.on_pledge_request(Term(7), &n("c"), 1).is_err());
+        assert!(r.on_pledge_request(Term(8), &n("c"), 1).is_ok());
+    }
+
+    /// I2: whatever recruit quorum pledged to a term this node forgot, the others it relearns from
+    /// include one of its recruits (other than this node), and one fewer would not always.
+    #[test]
+    fn relearn_quorum_meets_every_recruit_quorum_i2() {
+        for n in 2..=7usize {
+            let need = PledgeState::relearn_quorum(n);
+            // Node 0 lost its file; quorums are bit sets over 0..n with more than n/2 members.
+            let quorums: Vec<u32> = (0u32..1 << n)
+                .filter(|q| q.count_ones() as usize * 2 > n)
+                .collect();
+            let others = |a: u32| a & 1 == 0;
+            let answer_sets = |k: usize| {
+                (0u32..1 << n).filter(move |a| others(*a) && a.count_ones() as usize == k)
+            };
+            for a in answer_sets(need) {
+                for q in &quorums {
+                    assert!(a & q & !1 != 0, "n={n}: answers {a:b} miss quorum {q:b}");
+                }
+            }
+            let short = answer_sets(need - 1).any(|a| quorums.iter().any(|q| a & q & !1 == 0));
+            assert!(short, "n={n}: {} answers would do", need - 1);
+        }
+        assert_eq!(PledgeState::relearn_quorum(1), 0);
+        assert_eq!(PledgeState::relearn_quorum(3), 2);
+        assert_eq!(PledgeState::relearn_quorum(5), 3);
     }
 
     #[test]
@@ -543,6 +715,7 @@ mod tests {
         let rec = PledgeRecord {
             term: Term(7),
             coordinator: Some(n("node-b")),
+            attempt: 0x9f3a_0c2e_11d4_b705,
             floor: Some(RewindFloor {
                 ruleset_term: Term(6),
                 lsn: Lsn(0x300_0060),
@@ -552,27 +725,37 @@ mod tests {
         let bytes = encode(&rec);
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(
-            "pg_ha pledge v1\nterm 7\ncoordinator node-b\nfloor 6 0/3000060\nrelearn no\ncrc32 "
+            "pg_ha pledge v2\nterm 7\ncoordinator node-b\nattempt 9f3a0c2e11d4b705\nfloor 6 0/3000060\nrelearn no\ncrc32 "
         ));
         assert_eq!(decode(&bytes).unwrap(), rec);
+        // Version 1 (before attempts were recorded) reads as attempt 0.
+        let v1 = "pg_ha pledge v1\nterm 7\ncoordinator node-b\nfloor 6 0/3000060\nrelearn no\n";
+        let v1 = format!("{v1}crc32 {:08x}\n", crc32(v1.as_bytes()));
+        assert_eq!(
+            decode(v1.as_bytes()).unwrap(),
+            PledgeRecord { attempt: 0, ..rec }
+        );
         for rec in [
             PledgeState::fresh(),
             PledgeState::lost(),
             PledgeState {
                 term: Term(u64::MAX),
                 coordinator: Some(n("weird name\n%-")),
+                attempt: u64::MAX,
                 floor: None,
                 must_relearn: false,
             },
             PledgeState {
                 term: Term(1),
                 coordinator: Some(n("-")),
+                attempt: 1,
                 floor: None,
                 must_relearn: true,
             },
             PledgeState {
                 term: Term(1),
                 coordinator: Some(n("")),
+                attempt: 0,
                 floor: None,
                 must_relearn: false,
             },
@@ -587,6 +770,7 @@ mod tests {
         let rec = PledgeRecord {
             term: Term(42),
             coordinator: Some(n("c1")),
+            attempt: 42,
             floor: None,
             must_relearn: false,
         };
@@ -609,8 +793,8 @@ mod tests {
         assert_eq!(decode(b""), Err(CodecError::Empty));
         assert_eq!(decode(b"hello"), Err(CodecError::BadMagic));
         assert!(matches!(
-            decode(b"pg_ha pledge v2\n"),
-            Err(CodecError::UnsupportedVersion(v)) if v == "2"
+            decode(b"pg_ha pledge v3\n"),
+            Err(CodecError::UnsupportedVersion(v)) if v == "3"
         ));
         let mut extra = bytes.clone();
         extra.extend_from_slice(b"x\n");

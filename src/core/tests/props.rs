@@ -123,13 +123,14 @@ proptest! {
     /// I1: the pledge file round-trips, and any damage is an error (never a silent term reset).
     #[test]
     fn pledge_codec_round_trip_and_damage_i1(
-        term in any::<u64>(), coord in prop::option::of("[ -~]{0,12}"),
+        term in any::<u64>(), coord in prop::option::of("[ -~]{0,12}"), attempt in any::<u64>(),
         floor in prop::option::of((any::<u64>(), any::<u64>())), relearn in any::<bool>(),
         at in any::<prop::sample::Index>(), bit in 0u8..8,
     ) {
         let rec = PledgeRecord {
             term: Term(term),
             coordinator: coord.map(NodeId),
+            attempt,
             floor: floor.map(|(t, l)| RewindFloor { ruleset_term: Term(t), lsn: Lsn(l) }),
             must_relearn: relearn,
         };

@@ -263,6 +263,8 @@ impl Cluster {
         PledgeState {
             term: Term(n.pledge_term as u64),
             coordinator: n.pledge_coord.map(|c| self.coord_names[c as usize].clone()),
+            // A model coordinator makes one attempt per term: its id is the term.
+            attempt: n.pledge_coord.map_or(0, |_| n.pledge_term as u64),
             floor: None,
             must_relearn: false,
         }
@@ -595,10 +597,11 @@ impl Cluster {
                             continue;
                         }
                         let mut t = s.clone();
-                        let reply = match self
-                            .pledge(node)
-                            .on_pledge_request(Term(term as u64), &self.coord_names[ci as usize])
-                        {
+                        let reply = match self.pledge(node).on_pledge_request(
+                            Term(term as u64),
+                            &self.coord_names[ci as usize],
+                            term as u64,
+                        ) {
                             Ok(p) => {
                                 self.set_pledge(&mut t.nodes[ni as usize], &p);
                                 Reply::Report {
