@@ -15,7 +15,9 @@
 use super::request::{self, Kind};
 use super::{alter_system, catalog, gate_shmem, local, shmem, walsnd};
 use crate::agent::pledge_file::{self, Loaded};
-use pg_ha_core::{Change, CommitRules, Lsn, NodeId, PledgeState, Policy, Ruleset, Term, Zone};
+use pg_ha_core::{
+    Change, CommitRules, LocalWalWatch, Lsn, NodeId, PledgeState, Policy, Ruleset, Term, Zone,
+};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +40,9 @@ pub struct Steward {
     pub(crate) zone: String,
     pub(crate) data_dir: PathBuf,
     pub pledge: PledgeState,
+    /// Whether the startup process has consumed its local WAL since the server started (a pledge is
+    /// refused until then; coverage.rs).
+    pub(crate) local_wal: LocalWalWatch,
     /// Leader side: the commit rules, when this node is the leader named by its newest row.
     pub(crate) rules: Option<CommitRules>,
     in_flight: Option<InFlight>,
@@ -152,6 +157,7 @@ impl Steward {
             zone: zone.to_string(),
             data_dir,
             pledge,
+            local_wal: LocalWalWatch::default(),
             rules: None,
             in_flight: None,
             applied_ssn: None,
@@ -232,6 +238,7 @@ impl Steward {
             gate_shmem::set_fence(false);
             return;
         }
+        self.watch_local_wal();
         let just_answered = self
             .answered_at
             .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(500));
