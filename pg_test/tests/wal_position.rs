@@ -2,6 +2,7 @@
 //! a standby restarted with acknowledged commits in its pg_wal that its startup process has not
 //! replayed yet, and a node rewound below what it held before.
 
+use pg_test::pb::{agent_client::AgentClient, PledgeReply, PledgeRequest};
 use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
@@ -170,4 +171,144 @@ fn restarted_standby_refuses_to_pledge_until_its_local_wal_is_replayed() {
     ha::wait_follower(f2, T).unwrap();
     c.wait_replayed(leader, T).unwrap();
     assert_all_acked(f2, &[("A", &a), ("B", &b), ("C", &cc)]);
+}
+
+/// A Pledge RPC to `n`'s agent for `term` from a coordinator named "pg_test".
+fn pledge(n: &Node, token: &str, term: u64) -> PledgeReply {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = AgentClient::connect(format!("http://{}", n.agent_addr()))
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(PledgeRequest {
+            term,
+            coordinator: "pg_test".into(),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        client.pledge(req).await.unwrap().into_inner()
+    })
+}
+
+/// `application_name|sync_state` of the standbys streaming from `leader`.
+fn replication(leader: &Node) -> Vec<String> {
+    leader
+        .query_strings(
+            "SELECT application_name || '|' || sync_state FROM pg_stat_replication WHERE state = 'streaming' ORDER BY 1",
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect()
+}
+
+/// The `floor` line of `n`'s pledge file.
+fn floor_line(n: &Node) -> String {
+    let text = std::fs::read_to_string(n.data_dir().join(format!("pg_ha.pledge.{}", n.name())))
+        .unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("floor "))
+        .unwrap_or("<no floor line>")
+        .to_string()
+}
+
+/// I3: a node that pg_rewind takes back records a floor (what it held) in its pledge file before the
+/// rewind runs; until it holds that again it neither pledges nor counts toward durability (it streams
+/// under `node1.uncounted`, which `synchronous_standby_names` and the commit gate do not count); once
+/// past, it clears the floor and counts again. With Postgres 15 a real floor is always passed before the
+/// agent starts (pg_rewind sets minRecoveryPoint to the source's WAL end, and the agent starts at
+/// consistency), so the failpoint `rewind_floor_ahead` records it 48 MiB ahead at the new leader's term
+/// to make the window observable.
+#[test]
+fn rewound_node_neither_pledges_nor_counts_below_its_floor() {
+    let c = Cluster::start(ClusterSpec::ha_any1(3)).unwrap();
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    n1.query_strings("SELECT ha.pause(); CREATE TABLE probe(x int)")
+        .unwrap();
+    c.wait_replayed(n1, T).unwrap();
+    n1.append_conf("ha.debug_failpoint = 'rewind_floor_ahead'")
+        .unwrap();
+    n1.kill9().unwrap();
+    ha::wait_leader_lost(n2, T).unwrap();
+    let name = ha::failover_until_ok(n2, T).unwrap();
+    let leader = c.node_by_name(&name).unwrap();
+    let other = if name == "node2" { n3 } else { n2 };
+    ha::wait_writable(leader, T).unwrap();
+    let _ = n1.start(); // an old primary: its agent stops it again to rewind it
+
+    wait_until(
+        T,
+        "node1 to stream from the new leader as node1.uncounted",
+        || Ok(replication(leader).contains(&"node1.uncounted|async".to_string())),
+    )
+    .unwrap();
+    let log = n1.read_log();
+    let recorded = log
+        .find("pg_ha: rewind floor recorded")
+        .expect("floor logged");
+    let rewound = log
+        .find("pg_ha: rejoin: running pg_rewind")
+        .expect("pg_rewind ran");
+    assert!(
+        recorded < rewound,
+        "the floor is recorded before pg_rewind runs"
+    );
+    assert_ne!(floor_line(n1), "floor -", "the floor is in the pledge file");
+
+    // Below its floor: no pledge, whatever the term.
+    let r = pledge(n1, c.token(), 1000);
+    assert!(
+        !r.accepted && r.refusal.contains("rewound below its floor"),
+        "I3: a node below its rewind floor pledged: {r:?}"
+    );
+    // ... and its flushes do not count: with the other follower down, a commit waits.
+    other.stop().unwrap();
+    let mut client = leader.connect().unwrap();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            client
+                .batch_execute("INSERT INTO probe VALUES (42)")
+                .is_ok(),
+        );
+    });
+    wait_until(T, "the commit to wait for a follower that counts", || {
+        Ok(leader
+            .query_value(&format!(
+                "SELECT wait_event FROM pg_stat_activity WHERE pid = {pid}"
+            ))?
+            .is_some_and(|e| e == "SyncRep" || e == "Extension"))
+    })
+    .unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "I3: acknowledged through a node below its rewind floor"
+    );
+
+    // Move the leader's WAL 48 MiB on without a commit (rolled-back writes, segment switches): node1
+    // passes its floor, clears it, streams as node1 again, and the waiting commit is acknowledged.
+    wait_until(T, "node1 to pass its rewind floor", || {
+        leader.query_strings(
+            "BEGIN; INSERT INTO probe VALUES (0); ROLLBACK; SELECT pg_switch_wal()",
+        )?;
+        Ok(n1.log_contains("pg_ha: passed the rewind floor"))
+    })
+    .unwrap();
+    assert_eq!(
+        rx.recv_timeout(T),
+        Ok(true),
+        "the commit is acknowledged once node1 counts again"
+    );
+    assert_eq!(floor_line(n1), "floor -", "the floor is cleared");
+    wait_until(T, "node1 to stream as node1 again", || {
+        Ok(replication(leader).contains(&"node1|quorum".to_string()))
+    })
+    .unwrap();
 }
