@@ -5,6 +5,7 @@ pub mod alter_system;
 pub mod catalog;
 pub mod commit_gate;
 pub mod coverage;
+pub mod floor;
 pub mod follow;
 pub mod force;
 pub mod gate_shmem;

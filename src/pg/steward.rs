@@ -141,13 +141,20 @@ impl Steward {
             }
         };
         log!(
-            "pg_ha: pledge state: term {}{}",
+            "pg_ha: pledge state: term {}{}{}",
             pledge.term,
             if pledge.must_relearn {
                 " (must relearn)"
             } else {
                 ""
-            }
+            },
+            pledge
+                .floor
+                .map(|f| format!(
+                    " (rewind floor: ruleset term {} up to {})",
+                    f.ruleset_term, f.lsn
+                ))
+                .unwrap_or_default()
         );
         gate_shmem::KNOWN_TERM
             .get()
@@ -239,6 +246,7 @@ impl Steward {
             return;
         }
         self.watch_local_wal();
+        self.check_rewind_floor();
         let just_answered = self
             .answered_at
             .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(500));
@@ -505,14 +513,14 @@ impl Steward {
     }
 
     /// A standby streams under its node name, so the leader's walsender (and `synchronous_standby_names`)
-    /// can tell who flushed what.
+    /// can tell who flushed what; below its rewind floor under a name that does not count (floor.rs).
     fn ensure_application_name(&mut self) {
         let conninfo =
             BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
         if conninfo.is_empty() {
             return;
         }
-        let want = format!("application_name={}", self.node);
+        let want = format!("application_name={}", self.stream_name());
         if conninfo.split_whitespace().any(|kv| kv == want) {
             return;
         }
@@ -522,7 +530,11 @@ impl Steward {
             .collect();
         let new = format!("{} {want}", fixed.join(" "));
         BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some(&new)));
-        log!("pg_ha: primary_conninfo now names this node ({want}) so its flushes count under its name");
+        if self.pledge.counts_toward_durability() {
+            log!("pg_ha: primary_conninfo now names this node ({want}) so its flushes count under its name");
+        } else {
+            log!("pg_ha: primary_conninfo now streams as {want}: this node's flushes must not count toward durability");
+        }
     }
 
     /// Handle a request from a SQL function (at most one at a time).
