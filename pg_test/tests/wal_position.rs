@@ -258,7 +258,12 @@ fn rewound_node_neither_pledges_nor_counts_below_its_floor() {
     );
     assert_ne!(floor_line(n1), "floor -", "the floor is in the pledge file");
 
-    // Below its floor: no pledge, whatever the term.
+    // Below its floor: no pledge, whatever the term. (The node may stream before its agent runs: the
+    // startup process requests a receiver before recovery is consistent, the agent starts after.)
+    wait_until(T, "node1's agent to answer", || {
+        Ok(n1.agent_status().is_ok())
+    })
+    .unwrap();
     let r = pledge(n1, c.token(), 1000);
     assert!(
         !r.accepted && r.refusal.contains("rewound below its floor"),
