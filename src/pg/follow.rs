@@ -119,7 +119,11 @@ impl Steward {
             self.start_rejoin(target, true, &why);
             return true;
         }
-        let want = format!("{} application_name={}", target.conninfo, self.node);
+        let want = format!(
+            "{} application_name={}",
+            target.conninfo,
+            self.stream_name()
+        );
         let have =
             BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
         if have != want {
@@ -154,7 +158,18 @@ impl Steward {
     }
 
     fn start_rejoin(&mut self, target: &StatusReply, rewind: bool, why: &str) {
-        let primary = format!("{} application_name={}", target.conninfo, self.node);
+        // pg_rewind (or a re-clone) may leave the node below what it held: record the floor first.
+        if rewind {
+            if let Err(e) = self.record_rewind_floor(target) {
+                warning!("pg_ha: not rejoining {}: {e}", target.node_name);
+                return;
+            }
+        }
+        let primary = format!(
+            "{} application_name={}",
+            target.conninfo,
+            self.stream_name()
+        );
         log!(
             "pg_ha: rejoining as a follower of {} (leader of term {}): {why}; {}",
             target.node_name,

@@ -1,6 +1,9 @@
 //! This node's own WAL state, read straight from Postgres (recovery state, timeline, flush and replay
-//! positions, system identifier). Main thread / backend only.
+//! positions, system identifier; what the startup process waits on). Main thread / backend only.
 
+use super::catalog;
+use pg_ha_core::{LocalWal, Lsn};
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,6 +44,39 @@ pub fn wal_state() -> WalState {
                 system_identifier,
             }
         }
+    }
+}
+
+/// A look at this node's WAL for `pg_ha_core::position` (does a reported position cover its local
+/// WAL?). The receiver's flush position and replay come from shared memory; the startup process' wait
+/// event is read (pg_stat_activity, in a transaction) only when `with_wait` says it is needed.
+pub fn local_wal(with_wait: impl FnOnce(bool, Lsn) -> bool) -> LocalWal {
+    let in_recovery;
+    let mut receiver_flush = 0;
+    let mut replay = 0;
+    // SAFETY: plain reads of Postgres' WAL bookkeeping, on the thread that runs Postgres code.
+    unsafe {
+        in_recovery = pg_sys::RecoveryInProgress();
+        if in_recovery {
+            replay = pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut());
+            receiver_flush =
+                pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut());
+        }
+    }
+    let startup_wait = if with_wait(in_recovery, Lsn(receiver_flush)) {
+        BackgroundWorker::transaction(|| {
+            catalog::select_one::<String>(
+                "SELECT wait_event FROM pg_stat_activity WHERE backend_type = 'startup'",
+            )
+        })
+    } else {
+        None
+    };
+    LocalWal {
+        in_recovery,
+        receiver_flush: Lsn(receiver_flush),
+        replay: Lsn(replay),
+        startup_wait,
     }
 }
 

@@ -6,6 +6,8 @@ pub mod alter_system;
 pub mod backend_failpoint;
 pub mod catalog;
 pub mod commit_gate;
+pub mod coverage;
+pub mod floor;
 pub mod follow;
 pub mod force;
 pub mod gate_shmem;

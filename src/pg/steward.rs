@@ -15,7 +15,9 @@
 use super::request::{self, Kind};
 use super::{alter_system, catalog, gate_shmem, local, shmem, walsnd};
 use crate::agent::pledge_file::{self, Loaded};
-use pg_ha_core::{Change, CommitRules, Lsn, NodeId, PledgeState, Policy, Ruleset, Term, Zone};
+use pg_ha_core::{
+    Change, CommitRules, LocalWalWatch, Lsn, NodeId, PledgeState, Policy, Ruleset, Term, Zone,
+};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +40,9 @@ pub struct Steward {
     pub(crate) zone: String,
     pub(crate) data_dir: PathBuf,
     pub pledge: PledgeState,
+    /// Whether the startup process has consumed its local WAL since the server started (a pledge is
+    /// refused until then; coverage.rs).
+    pub(crate) local_wal: LocalWalWatch,
     /// Leader side: the commit rules, when this node is the leader named by its newest row.
     pub(crate) rules: Option<CommitRules>,
     in_flight: Option<InFlight>,
@@ -138,13 +143,20 @@ impl Steward {
             }
         };
         log!(
-            "pg_ha: pledge state: term {}{}",
+            "pg_ha: pledge state: term {}{}{}",
             pledge.term,
             if pledge.must_relearn {
                 " (must relearn)"
             } else {
                 ""
-            }
+            },
+            pledge
+                .floor
+                .map(|f| format!(
+                    " (rewind floor: ruleset term {} up to {})",
+                    f.ruleset_term, f.lsn
+                ))
+                .unwrap_or_default()
         );
         gate_shmem::KNOWN_TERM
             .get()
@@ -154,6 +166,7 @@ impl Steward {
             zone: zone.to_string(),
             data_dir,
             pledge,
+            local_wal: LocalWalWatch::default(),
             rules: None,
             in_flight: None,
             applied_ssn: None,
@@ -246,6 +259,8 @@ impl Steward {
             gate_shmem::set_fence(false);
             return;
         }
+        self.watch_local_wal();
+        self.check_rewind_floor();
         let just_answered = self
             .answered_at
             .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(500));
@@ -520,14 +535,14 @@ impl Steward {
     }
 
     /// A standby streams under its node name, so the leader's walsender (and `synchronous_standby_names`)
-    /// can tell who flushed what.
+    /// can tell who flushed what; below its rewind floor under a name that does not count (floor.rs).
     fn ensure_application_name(&mut self) {
         let conninfo =
             BackgroundWorker::transaction(|| catalog::show("primary_conninfo")).unwrap_or_default();
         if conninfo.is_empty() {
             return;
         }
-        let want = format!("application_name={}", self.node);
+        let want = format!("application_name={}", self.stream_name());
         if conninfo.split_whitespace().any(|kv| kv == want) {
             return;
         }
@@ -537,7 +552,11 @@ impl Steward {
             .collect();
         let new = format!("{} {want}", fixed.join(" "));
         BackgroundWorker::transaction(|| alter_system::set("primary_conninfo", Some(&new)));
-        log!("pg_ha: primary_conninfo now names this node ({want}) so its flushes count under its name");
+        if self.pledge.counts_toward_durability() {
+            log!("pg_ha: primary_conninfo now names this node ({want}) so its flushes count under its name");
+        } else {
+            log!("pg_ha: primary_conninfo now streams as {want}: this node's flushes must not count toward durability");
+        }
     }
 
     /// Handle a request from a SQL function (at most one at a time).

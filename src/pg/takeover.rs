@@ -1,6 +1,7 @@
-//! The node side of a leadership change, on the agent's main thread: answering a `Pledge` (persist,
-//! then revoke: a standby stops streaming from the old leader, a leader is deposed) and a `Promote`
-//! (pg_promote, then the new term's ruleset row; the steward establishes once it is durable).
+//! The node side of a leadership change, on the agent's main thread: answering a `Pledge` (refused
+//! while the reported position would not cover the local WAL; otherwise persist, then revoke: a
+//! standby stops streaming from the old leader, a leader is deposed) and a `Promote` (pg_promote, then
+//! the new term's ruleset row; the steward establishes once it is durable).
 
 use super::steward::Steward;
 use super::{alter_system, catalog, gate_shmem, local, walrcv};
@@ -34,6 +35,21 @@ impl Steward {
                 };
             }
         };
+        // The position reported below must cover every WAL record this node holds (I3): not while the
+        // startup process is still replaying (or holding) the local WAL it restarted with.
+        if let Err(not_yet) = self.position_covers_local_wal() {
+            log!(
+                "pg_ha: pledge for term {} from {} refused: {not_yet}",
+                req.term,
+                req.coordinator
+            );
+            return PledgeReply {
+                accepted: false,
+                refusal: not_yet.to_string(),
+                current_term: self.pledge.term.0,
+                ..Default::default()
+            };
+        }
         let fresh = next != self.pledge;
         if let Err(e) = self.persist_pledge(next) {
             warning!("pg_ha: pledge for term {} not given: {e}", req.term);

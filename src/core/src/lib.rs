@@ -9,6 +9,8 @@
 //! - [`quorum`]: the recruit quorum rules and the Won / Pending / Lost tally.
 //! - [`pledge`]: the node side (pledge state machine, rewind floor, lost file), `NodeReport`, the
 //!   pledge file codec.
+//! - [`position`]: whether the WAL position a standby would report covers every record it holds (its
+//!   startup process has consumed its local WAL since the restart).
 //! - [`coordinator`]: one leadership change (`Attempt`), failover and switchover.
 //! - [`candidacy`]: discovery ranking and candidate choice (`Decision`).
 //! - [`change`]: membership and policy changes, the leader's commit rules while one is pending.
@@ -22,6 +24,7 @@ pub mod coordinator;
 pub mod detection;
 pub mod pledge;
 pub mod policy;
+pub mod position;
 pub mod quorum;
 pub mod rules;
 pub mod ruleset;
@@ -36,6 +39,7 @@ pub use pledge::{
     PledgeState, PromoteRefusal, RewindFloor,
 };
 pub use policy::{Policy, PolicyParseError};
+pub use position::{Consumed, LocalWal, LocalWalWatch, NotConsumed};
 pub use quorum::Tally;
 pub use rules::{RecruitRule, Rules};
 pub use ruleset::{Prior, Ruleset, RulesetError};
