@@ -2,7 +2,7 @@
 //! a standby restarted with acknowledged commits in its pg_wal that its startup process has not
 //! replayed yet, and a node rewound below what it held before.
 
-use pg_test::pb::{agent_client::AgentClient, PledgeReply, PledgeRequest};
+use pg_test::pb::PledgeReply;
 use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
@@ -174,23 +174,8 @@ fn restarted_standby_refuses_to_pledge_until_its_local_wal_is_replayed() {
 }
 
 /// A Pledge RPC to `n`'s agent for `term` from a coordinator named "pg_test".
-fn pledge(n: &Node, token: &str, term: u64) -> PledgeReply {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = AgentClient::connect(format!("http://{}", n.agent_addr()))
-            .await
-            .unwrap();
-        let mut req = tonic::Request::new(PledgeRequest {
-            term,
-            coordinator: "pg_test".into(),
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        client.pledge(req).await.unwrap().into_inner()
-    })
+fn pledge(n: &Node, _token: &str, term: u64) -> PledgeReply {
+    n.agent_pledge(term, "pg_test").unwrap()
 }
 
 /// `application_name|sync_state` of the standbys streaming from `leader`.
