@@ -208,7 +208,7 @@ impl Steward {
             .filter(|m| m.as_str() != self.node)
             .filter_map(|m| self.peer_terms.get(m.as_str()).copied())
             .collect();
-        let others = r.n().saturating_sub(1);
+        let others = r.cohort.keys().filter(|m| m.as_str() != self.node).count();
         let need = PledgeState::relearn_quorum(r.n());
         if answers.len() < need {
             if !self.relearn_wait_logged {
