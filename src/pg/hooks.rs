@@ -4,6 +4,8 @@
 //!   pg_ha's error (before Postgres' own read-only check on a standby).
 //! - XACT_EVENT_PRE_COMMIT: the backstop of the fence for anything else that wrote (DDL, COPY, ...):
 //!   the transaction aborts with pg_ha's error.
+//! - XACT_EVENT_PRE_COMMIT of a transaction that wrote, then XACT_EVENT_COMMIT/ABORT: `commit_wait`
+//!   (Postgres' quorum wait forced, cancel and terminate held off while the commit waits).
 //! - XACT_EVENT_COMMIT: the commit gate (`commit_gate`).
 //! - ClientAuthentication: a session that starts while the fence is closed gets
 //!   `default_transaction_read_only = on`, which libpq reads at connection time, so
@@ -13,7 +15,7 @@
 //! pg_ha agent itself (it writes its ruleset rows before the fence opens and waits for their
 //! durability on its own terms), autovacuum, walsenders and other auxiliary processes.
 
-use super::{commit_gate, gate_shmem, shmem};
+use super::{commit_gate, commit_wait, gate_shmem, shmem};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::ffi::{c_int, c_void};
@@ -105,8 +107,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 refuse_writes();
             }
             commit_gate::on_pre_commit(wrote);
+            if wrote {
+                commit_wait::on_pre_commit();
+            }
         }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT => commit_gate::on_commit(),
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            commit_wait::on_end(true);
+            commit_gate::on_commit();
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT => commit_wait::on_end(false),
         _ => {}
     }
 }

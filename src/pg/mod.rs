@@ -4,6 +4,7 @@
 pub mod alter_system;
 pub mod catalog;
 pub mod commit_gate;
+pub mod commit_wait;
 pub mod follow;
 pub mod force;
 pub mod gate_shmem;
