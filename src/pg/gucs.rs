@@ -272,7 +272,7 @@ pub fn define() {
     GucRegistry::define_string_guc(
         c"ha.debug_failpoint",
         c"Testing only: stall the agent at a named point of a leadership change.",
-        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence; rewind_fails: the rejoin helper's pg_rewind cannot connect. Empty (the default) in production.",
+        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence; rewind_fails: the rejoin helper's pg_rewind cannot connect; change_pause_after_row: a ruleset change stops right after writing its row until the failpoint is cleared. Empty (the default) in production.",
         &DEBUG_FAILPOINT,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,

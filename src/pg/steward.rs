@@ -63,6 +63,9 @@ pub struct Steward {
     pub(crate) answered_at: Option<Instant>,
     /// `ha.debug_failpoint` (testing only).
     pub failpoint: String,
+    /// Failpoint `change_pause_after_row`: a change whose row is written and whose next steps wait
+    /// until the failpoint is cleared (request id, row, row LSN, reason).
+    paused_change: Option<(u64, Ruleset, u64, String)>,
     /// `ha.reclone_on_rewind_failure`.
     pub reclone: bool,
     /// `ha.systemd_unit` (empty: bare pg_ctl).
@@ -165,6 +168,7 @@ impl Steward {
             switching: false,
             answered_at: None,
             failpoint: String::new(),
+            paused_change: None,
             reclone: false,
             systemd_unit: String::new(),
             failover_timeout: std::time::Duration::from_secs(2),
@@ -285,6 +289,13 @@ impl Steward {
             }
         }
         self.refresh_walsenders();
+        if self.failpoint != "change_pause_after_row" {
+            if let Some((id, next, lsn, reason)) = self.paused_change.take() {
+                if let Err((state, msg)) = self.row_written(id, next, lsn, reason) {
+                    request::answer(id, Err((state.to_string(), msg)));
+                }
+            }
+        }
         self.advance(wal.flush_lsn);
         self.check_quorum(&newest, peers);
         self.maybe_establish(&newest);
@@ -822,6 +833,26 @@ impl Steward {
         let lsn = BackgroundWorker::transaction(|| catalog::insert_row(&row, &reason).map(|_| ()))
             .map(|_| unsafe { pg_sys::XactLastCommitEnd })
             .map_err(|e| ("XX000", format!("cannot write the ruleset row: {e}")))?;
+        if self.failpoint == "change_pause_after_row" {
+            log!(
+                "pg_ha: failpoint change_pause_after_row: {reason}: ruleset v{} written at {}; the change goes on once ha.debug_failpoint is cleared",
+                next.version,
+                Lsn(lsn)
+            );
+            self.paused_change = Some((id, next, lsn, reason));
+            return Ok(None);
+        }
+        self.row_written(id, next, lsn, reason)
+    }
+
+    /// The change's row is written at `lsn`: it is in flight until durable under the rules in force.
+    fn row_written(
+        &mut self,
+        id: u64,
+        next: Ruleset,
+        lsn: u64,
+        reason: String,
+    ) -> Result<Option<String>, (&'static str, String)> {
         let rules = self.rules.as_mut().expect("checked");
         rules
             .begin(next.clone(), Lsn(lsn))
