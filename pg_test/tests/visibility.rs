@@ -456,3 +456,79 @@ fn fast_shutdown_during_commit_wait_ends_unanswered_and_unseen() {
         procs::signal(p, libc::SIGCONT).unwrap();
     }
 }
+
+/// I3 under `zones 3`, which Postgres' `ANY`/`FIRST` cannot express exactly when two followers outside
+/// the leader's zone share a zone (here node2 and node3 in z2, node4 in z3, the leader in z1). What holds,
+/// as the README says: a row becomes visible only once K-1 = 2 followers outside the leader's zone have
+/// flushed it (so at least 2 zones and 3 nodes have it), and the commit is acknowledged only once 3 zones
+/// have it.
+#[test]
+fn zones3_visible_after_first_stage_acknowledged_after_all_zones() {
+    let c = Cluster::start(ClusterSpec {
+        zones: vec!["z1".into(), "z2".into(), "z2".into(), "z3".into()],
+        policy: Some("zones 3".into()),
+        ..ClusterSpec::ha(4)
+    })
+    .unwrap();
+    let leader = c.node(0);
+    leader
+        .query_strings("CREATE TABLE t(x int PRIMARY KEY)")
+        .unwrap();
+    c.wait_replayed(leader, T).unwrap();
+    let receivers: Vec<i32> = [1, 2, 3]
+        .iter()
+        .map(|&i| walreceiver_pid(c.node(i)))
+        .collect();
+    for &p in &receivers {
+        procs::signal(p, libc::SIGSTOP).unwrap();
+    }
+    let reader = Reader::start(leader, 3);
+    let (rx, pid) = spawn_writer(leader, "on", 3);
+    wait_until(T, "the commit to wait in Postgres' quorum wait", || {
+        Ok(wait_event(leader, pid)?.as_deref() == Some("SyncRep"))
+    })
+    .unwrap();
+    one_more_poll(&reader);
+    // node2 (z2) alone: still the first stage's wait; invisible.
+    procs::signal(receivers[0], libc::SIGCONT).unwrap();
+    wait_until(T, "node2 to have flushed the commit", || {
+        Ok(leader
+            .query_value(
+                "SELECT flush_lsn >= pg_current_wal_flush_lsn() FROM pg_stat_replication WHERE application_name = 'node2'",
+            )?
+            .as_deref()
+            == Some("t"))
+    })
+    .unwrap();
+    let node2_flushed = Instant::now();
+    one_more_poll(&reader);
+    assert!(
+        reader.saw_before(Instant::now()).is_none(),
+        "I3: under zones 3 the row was visible with only one follower outside the leader's zone"
+    );
+    assert_eq!(wait_event(leader, pid).unwrap().as_deref(), Some("SyncRep"));
+    // node3 (z2 too): the first stage is met, the row is visible (2 zones), not yet acknowledged.
+    procs::signal(receivers[1], libc::SIGCONT).unwrap();
+    wait_until(
+        T,
+        "the commit to wait in pg_ha's gate for a third zone",
+        || Ok(wait_event(leader, pid)?.as_deref() == Some("Extension")),
+    )
+    .unwrap();
+    wait_until(T, "the reader to see the row after the first stage", || {
+        Ok(reader.saw_any())
+    })
+    .unwrap();
+    assert!(reader.saw_before(node2_flushed).is_none());
+    assert!(
+        rx.try_recv().is_err(),
+        "I3: acknowledged under zones 3 with two zones only"
+    );
+    // node4 (z3): three zones, acknowledged.
+    procs::signal(receivers[2], libc::SIGCONT).unwrap();
+    assert_eq!(
+        rx.recv_timeout(T).expect("acknowledged once z3 has it"),
+        Ok(())
+    );
+    reader.finish();
+}

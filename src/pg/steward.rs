@@ -5,8 +5,9 @@
 //!   published to shared memory for the commit gate; `synchronous_standby_names` derived from them; the
 //!   walsender-to-node map; establishment (the fence opens only when this node is the leader of the
 //!   highest term it knows and a majority of the cohort has not pledged to a higher term); ruleset
-//!   changes requested through `ha.bootstrap/add_member/remove_member/set_policy`, each written as a row
-//!   and in force only once durable under the previous rules (I5).
+//!   changes requested through `ha.bootstrap/add_member/remove_member/set_policy`, each announced
+//!   first (joint old-and-new rules in the gate and in `synchronous_standby_names`, confirmed in every
+//!   walsender), then written as a row, and in force only once durable under the previous rules (I5).
 //! - On any other node: no commit rules, fence closed; a standby makes sure it streams under its node
 //!   name (`application_name` in `primary_conninfo`).
 //!
