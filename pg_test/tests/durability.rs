@@ -80,6 +80,20 @@ fn waits_in(n: &Node, pid: i32, event: &str) -> pg_test::Result<bool> {
         == Some(event))
 }
 
+/// Signal `sig` is no longer pending for `pid` (its handler ran), or the process is gone.
+fn signal_taken(pid: i32, sig: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let bit = 1u64 << (sig - 1);
+    !s.lines().any(|l| {
+        (l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
+            && u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0)
+                & bit
+                != 0
+    })
+}
+
 fn stop_followers(c: &Cluster) {
     c.node(1).stop().unwrap();
     c.node(2).stop().unwrap();
@@ -114,7 +128,7 @@ fn any1_commit_waits_for_a_follower() {
 }
 
 /// I3 (cancel safety): cancelling the waiting backend (pg_cancel_backend, then statement_timeout) does
-/// not turn into a success; terminating it ends the connection without one.
+/// not turn into a success; terminating it ends the connection without one (once the commit is durable).
 #[test]
 fn cancelled_or_terminated_commit_is_never_acknowledged() {
     let c = ha3("any 1");
@@ -122,7 +136,8 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
     leader.query_strings("CREATE TABLE t(x int)").unwrap();
     stop_followers(&c);
 
-    // pg_cancel_backend: Postgres gives up its own wait ("already committed locally"); pg_ha's gate holds.
+    // pg_cancel_backend: held off while the commit waits (pg_ha's commit_wait), so Postgres' own wait
+    // never gives up ("already committed locally") and the commit keeps waiting there.
     let (rx, pid) = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
     wait_until(T, "the commit to wait in SyncRep", || {
         waits_in(leader, pid, "SyncRep")
@@ -131,11 +146,13 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
     leader
         .query_value(&format!("SELECT pg_cancel_backend({pid})"))
         .unwrap();
-    wait_until(
-        T,
-        "the commit to wait in pg_ha's gate after the cancel",
-        || waits_in(leader, pid, "Extension"),
-    )
+    wait_until(T, "the waiting backend to take the cancel", || {
+        Ok(signal_taken(pid, libc::SIGINT))
+    })
+    .unwrap();
+    wait_until(T, "the commit to wait in SyncRep after the cancel", || {
+        waits_in(leader, pid, "SyncRep")
+    })
     .unwrap();
     assert!(
         rx.try_recv().is_err(),
@@ -166,10 +183,28 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
         "I3: a commit under statement_timeout was acknowledged"
     );
 
-    // Terminating the first one: the client sees the connection end, not a success.
+    // Terminating the first one: held off until its commit is durable; meanwhile it keeps waiting.
     leader
         .query_value(&format!("SELECT pg_terminate_backend({pid})"))
         .unwrap();
+    wait_until(T, "the waiting backend to take the terminate", || {
+        Ok(signal_taken(pid, libc::SIGTERM))
+    })
+    .unwrap();
+    wait_until(
+        T,
+        "the commit to wait in SyncRep after the terminate",
+        || waits_in(leader, pid, "SyncRep"),
+    )
+    .unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "I3: a terminated waiting commit answered before it was durable"
+    );
+
+    // Once a follower has the commits: the terminated session ends without an answer (never a
+    // success), the still-waiting one is acknowledged (it is durable).
+    c.node(1).start().unwrap();
     let r = rx
         .recv_timeout(T)
         .expect("the terminated backend's client hears back");
@@ -177,9 +212,6 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
         r.is_err(),
         "I3: a terminated waiting commit was acknowledged: {r:?}"
     );
-
-    // Once a follower has the commit, the still-waiting one may be (and is) acknowledged: it is durable.
-    c.node(1).start().unwrap();
     assert_eq!(
         rx2.recv_timeout(T).expect("acknowledged once durable"),
         Ok(())

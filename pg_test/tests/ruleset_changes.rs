@@ -408,9 +408,11 @@ fn remove_and_readd_member() {
         rx.try_recv().is_err(),
         "I5: set_policy returned although no follower could acknowledge its row"
     );
+    // While the change is in flight, Postgres' wait expresses the old and the new rules jointly (issue
+    // 12 item 6): one of node2, node3, never the leader alone as zones 1 would be.
     assert_eq!(
         ssn(leader),
-        "ANY 1 (\"node2\", \"node3\")",
+        "FIRST 1 (\"pg_ha_joint_v7_1\", \"pg_ha_joint_v7_2\", \"node2\", \"node3\")",
         "I5: the pending zones 1 took effect before it was durable under any 1"
     );
     let e = leader

@@ -203,6 +203,28 @@ pub fn walsenders() -> Vec<(i32, String)> {
     })
 }
 
+/// (application_name, sync_priority) of every walsender: the priority is what the walsender computed
+/// from its own `synchronous_standby_names`, so it shows which setting it runs under.
+pub fn walsender_priorities() -> Vec<(String, u32)> {
+    Spi::connect(|client| {
+        let Ok(rows) = client.select(
+            "SELECT application_name, sync_priority FROM pg_stat_replication WHERE pid IS NOT NULL",
+            None,
+            &[],
+        ) else {
+            return Vec::new();
+        };
+        rows.into_iter()
+            .filter_map(|r| {
+                Some((
+                    r.get::<String>(1).ok()??,
+                    r.get::<i32>(2).ok()??.max(0) as u32,
+                ))
+            })
+            .collect()
+    })
+}
+
 /// Current value of a setting.
 pub fn show(name: &str) -> Option<String> {
     select_one::<String>(&format!("SELECT current_setting('{name}', true)"))

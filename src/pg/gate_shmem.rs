@@ -112,6 +112,7 @@ pub struct WalSndName {
 pub struct GateShared {
     pub current: ShRuleset,
     pub pending: ShRuleset,
+    /// 0 while the pending change's row is not written yet.
     pub pending_lsn: u64,
     pub walsnd: [WalSndName; MAX_WALSND],
 }
@@ -209,7 +210,7 @@ pub fn publish_rules(rules: Option<&CommitRules>) {
                 match r.pending() {
                     Some(p) => {
                         g.pending = ShRuleset::from_core(&p.to);
-                        g.pending_lsn = p.lsn.0;
+                        g.pending_lsn = p.lsn.map_or(0, |l| l.0);
                     }
                     None => {
                         g.pending = ShRuleset::default();
@@ -228,8 +229,12 @@ pub fn read_rules() -> Option<CommitRules> {
     let current = g.current.to_core()?;
     let mut rules = CommitRules::new(current);
     if let Some(to) = g.pending.to_core() {
-        // The pending row was validated when it was proposed; begin() only refuses a second one.
-        let _ = rules.begin(to, Lsn(g.pending_lsn));
+        // The pending row was validated when it was proposed; these only refuse a second one.
+        // pending_lsn 0: announced, row not written yet (the joint rules apply all the same).
+        let _ = match g.pending_lsn {
+            0 => rules.announce(to),
+            lsn => rules.begin(to, Lsn(lsn)),
+        };
     }
     Some(rules)
 }

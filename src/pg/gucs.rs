@@ -272,7 +272,7 @@ pub fn define() {
     GucRegistry::define_string_guc(
         c"ha.debug_failpoint",
         c"Testing only: stall the agent at a named point of a leadership change.",
-        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence; rewind_fails: the rejoin helper's pg_rewind cannot connect; commit_pause_after_fence: a writing transaction waits after the fence check until pg_ha.failpoint_release exists in the data directory; agent_hold_at_start: the agent does nothing until pg_ha_failpoint_release exists in the data directory; rewind_floor_ahead: the rewind floor recorded before a rejoin is 48 MiB ahead, at the new leader's term. Empty (the default) in production.",
+        c"coordinator_stall_after_pledges: a coordinator that won its pledges waits 60 s before promoting; candidate_never_establish: a promoted candidate never opens its fence; rewind_fails: the rejoin helper's pg_rewind cannot connect; commit_pause_after_fence: a writing transaction waits after the fence check until pg_ha.failpoint_release exists in the data directory; agent_hold_at_start: the agent does nothing until pg_ha_failpoint_release exists in the data directory; rewind_floor_ahead: the rewind floor recorded before a rejoin is 48 MiB ahead, at the new leader's term; change_pause_after_row: a ruleset change stops right after writing its row until the failpoint is cleared. Empty (the default) in production.",
         &DEBUG_FAILPOINT,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,

@@ -4,6 +4,9 @@
 //!   pg_ha's error (before Postgres' own read-only check on a standby).
 //! - XACT_EVENT_PRE_COMMIT: the backstop of the fence for anything else that wrote (DDL, COPY, ...):
 //!   the transaction aborts with pg_ha's error.
+//! - XACT_EVENT_PRE_COMMIT of a transaction that wrote (and COMMIT/ROLLBACK PREPARED), then
+//!   XACT_EVENT_COMMIT/ABORT: `commit_wait` (Postgres' quorum wait forced, cancel and terminate held
+//!   off while the commit waits).
 //! - XACT_EVENT_PRE_PREPARE: the fence for PREPARE TRANSACTION (which never reaches PRE_COMMIT).
 //! - ProcessUtility: the fence for COMMIT PREPARED / ROLLBACK PREPARED (no xid in their session), and
 //!   marking them for the gate.
@@ -18,7 +21,7 @@
 //! ruleset rows before the fence opens and waits for their durability on its own terms), autovacuum,
 //! physical walsenders and other auxiliary processes.
 
-use super::{admission, backend_failpoint, commit_gate, gate_shmem, shmem};
+use super::{admission, backend_failpoint, commit_gate, commit_wait, gate_shmem, shmem};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use std::ffi::{c_char, c_int, c_void};
@@ -118,6 +121,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 backend_failpoint::after_fence_check();
             }
             commit_gate::on_pre_commit(wrote);
+            if wrote {
+                commit_wait::on_pre_commit();
+            }
         }
         pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
             // PrepareTransaction always assigns an xid and writes a prepare record.
@@ -127,9 +133,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             backend_failpoint::after_fence_check();
             commit_gate::on_pre_prepare();
         }
-        pg_sys::XactEvent::XACT_EVENT_COMMIT => commit_gate::on_commit(),
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            commit_wait::on_end(true);
+            commit_gate::on_commit();
+        }
         pg_sys::XactEvent::XACT_EVENT_PREPARE => commit_gate::on_prepare(),
-        pg_sys::XactEvent::XACT_EVENT_ABORT => commit_gate::on_abort(),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => {
+            commit_wait::on_end(false);
+            commit_gate::on_abort();
+        }
         _ => {}
     }
 }
@@ -163,6 +175,9 @@ unsafe extern "C-unwind" fn process_utility(
                     refuse_writes();
                 }
                 commit_gate::finishing_prepared();
+                // The record it writes becomes visible right after Postgres' quorum wait: force that
+                // wait and hold off cancel/terminate during it, as for any commit (issue 12 item 7).
+                commit_wait::on_pre_commit();
             }
         }
         match PREV_PROCESS_UTILITY {

@@ -6,6 +6,7 @@ pub mod alter_system;
 pub mod backend_failpoint;
 pub mod catalog;
 pub mod commit_gate;
+pub mod commit_wait;
 pub mod coverage;
 pub mod floor;
 pub mod follow;

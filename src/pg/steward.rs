@@ -5,8 +5,9 @@
 //!   published to shared memory for the commit gate; `synchronous_standby_names` derived from them; the
 //!   walsender-to-node map; establishment (the fence opens only when this node is the leader of the
 //!   highest term it knows and a majority of the cohort has not pledged to a higher term); ruleset
-//!   changes requested through `ha.bootstrap/add_member/remove_member/set_policy`, each written as a row
-//!   and in force only once durable under the previous rules (I5).
+//!   changes requested through `ha.bootstrap/add_member/remove_member/set_policy`, each announced
+//!   first (joint old-and-new rules in the gate and in `synchronous_standby_names`, confirmed in every
+//!   walsender), then written as a row, and in force only once durable under the previous rules (I5).
 //! - On any other node: no commit rules, fence closed; a standby makes sure it streams under its node
 //!   name (`application_name` in `primary_conninfo`).
 //!
@@ -16,7 +17,8 @@ use super::request::{self, Kind};
 use super::{alter_system, catalog, gate_shmem, local, shmem, walsnd};
 use crate::agent::pledge_file::{self, Loaded};
 use pg_ha_core::{
-    Change, CommitRules, LocalWalWatch, Lsn, NodeId, PledgeState, Policy, Ruleset, Term, Zone,
+    sync_quorum, Change, CommitRules, LocalWalWatch, Lsn, NodeId, PledgeState, Policy, Ruleset,
+    SyncQuorum, Term, Zone,
 };
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
@@ -28,12 +30,29 @@ use std::time::Instant;
 /// A standby within this many bytes of the leader's flush counts as caught up (may join the cohort).
 const CAUGHT_UP_BYTES: u64 = 16 * 1024 * 1024;
 
-/// A change the leader wrote and waits on (I5), with the request that asked for it.
+/// A change the leader announced or wrote and waits on (I5), with the request that asked for it.
 struct InFlight {
     request: Option<u64>,
     reason: String,
     started: Instant,
+    stage: Stage,
 }
+
+/// Where a change in flight stands.
+enum Stage {
+    /// The joint rules are published to the gate and `synchronous_standby_names`; the row (`to`) is
+    /// written once every walsender reports the joint setting.
+    Announced(Ruleset),
+    /// Failpoint `change_pause_after_row`: the row is written at this LSN; the change goes on once the
+    /// failpoint is cleared.
+    Paused(u64),
+    /// The row is written: in force once durable under the previous rules.
+    Written,
+}
+
+/// How long a change waits for every walsender to load the joint `synchronous_standby_names` before it
+/// is given up (walsenders reload within milliseconds of the postmaster's SIGHUP).
+const SSN_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Steward {
     pub(crate) node: String,
@@ -85,35 +104,10 @@ pub struct Steward {
     pub peers_heard: bool,
 }
 
-fn q(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `synchronous_standby_names` for the rules: Postgres' quorum wait does the blocking; the commit gate
-/// checks the policy exactly. `any K`: `ANY K (followers)`. `zones K`: at least K-1 followers outside
-/// the leader's zone must have it, which is exact for K = 2 and a first stage for K >= 3.
+/// `synchronous_standby_names` for one ruleset: Postgres' quorum wait, which ends before a commit becomes
+/// visible, does the blocking; the commit gate checks the policy exactly (see `pg_ha_core::sync_quorum`).
 pub fn ssn_for(r: &Ruleset) -> String {
-    let followers: Vec<(&NodeId, &Zone)> =
-        r.cohort.iter().filter(|(n, _)| **n != r.leader).collect();
-    let (k, names): (u32, Vec<String>) = match r.policy {
-        Policy::AnyK(k) => (k, followers.iter().map(|(n, _)| q(n.as_str())).collect()),
-        Policy::Zones(k) => {
-            let lz = r.cohort.get(&r.leader);
-            (
-                k.saturating_sub(1),
-                followers
-                    .iter()
-                    .filter(|(_, z)| Some(*z) != lz)
-                    .map(|(n, _)| q(n.as_str()))
-                    .collect(),
-            )
-        }
-    };
-    if k == 0 || names.is_empty() {
-        String::new()
-    } else {
-        format!("ANY {} ({})", k.min(names.len() as u32), names.join(", "))
-    }
+    sync_quorum::for_ruleset(r).setting()
 }
 
 impl Steward {
@@ -316,6 +310,7 @@ impl Steward {
             }
         }
         self.refresh_walsenders();
+        self.progress_change();
         self.advance(wal.flush_lsn);
         self.check_quorum(&newest, peers);
         self.maybe_establish(&newest);
@@ -354,6 +349,22 @@ impl Steward {
     /// Become the keeper of the rules after a start or promotion: the row before the newest is in force,
     /// and the newest is pending until it is durable under it (we cannot know whether it already was).
     fn adopt(&mut self, rows: &[catalog::RulesetRow], newest: &Ruleset, flush: u64) {
+        // A change announced under rules this node no longer keeps never writes its row.
+        if let Some(f) = self.in_flight.take() {
+            if let (Stage::Announced(_), Some(id)) = (&f.stage, f.request) {
+                log!(
+                    "pg_ha: {}: given up: leadership changed before its row was written",
+                    f.reason
+                );
+                request::answer(
+                    id,
+                    Err((
+                        "55000".into(),
+                        format!("{}: given up: leadership changed before its row was written; retry on the leader", f.reason),
+                    )),
+                );
+            }
+        }
         let previous = rows.get(1).and_then(|r| r.to_core());
         let rules = match previous {
             Some(prev) if prev.term == newest.term => {
@@ -363,6 +374,7 @@ impl Steward {
                     request: None,
                     reason: "found at start".into(),
                     started: Instant::now(),
+                    stage: Stage::Written,
                 });
                 r
             }
@@ -446,9 +458,21 @@ impl Steward {
         }
     }
 
+    /// The quorum Postgres' wait must express: the rules in force, or while a change is in flight a
+    /// quorum that implies the old and the new rules (I5; always exists for satisfiable rulesets).
+    fn wanted_quorum(&self) -> Option<SyncQuorum> {
+        let rules = self.rules.as_ref()?;
+        Some(match rules.pending() {
+            Some(p) => sync_quorum::joint(&p.from, &p.to)
+                .unwrap_or_else(|| sync_quorum::for_ruleset(&p.from)),
+            None => sync_quorum::for_ruleset(rules.current()),
+        })
+    }
+
     fn sync_ssn(&mut self) {
-        let Some(rules) = &self.rules else { return };
-        let want = ssn_for(rules.current());
+        let Some(want) = self.wanted_quorum().map(|q| q.setting()) else {
+            return;
+        };
         let have = match &self.applied_ssn {
             Some(s) => s.clone(),
             None => BackgroundWorker::transaction(|| catalog::show("synchronous_standby_names"))
@@ -854,31 +878,152 @@ impl Steward {
                 next.cohort.keys().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        let row = catalog::RulesetRow::from_core(&next);
         let reason = match &change {
             Change::AddMember { node, .. } => format!("add_member {node}"),
             Change::RemoveMember(n) => format!("remove_member {n}"),
             Change::SetPolicy(p) => format!("set_policy {p}"),
         };
-        let lsn = BackgroundWorker::transaction(|| catalog::insert_row(&row, &reason).map(|_| ()))
-            .map(|_| unsafe { pg_sys::XactLastCommitEnd })
-            .map_err(|e| ("XX000", format!("cannot write the ruleset row: {e}")))?;
+        // I5: the joint rules first (gate and synchronous_standby_names), the row only once every
+        // walsender runs under them (progress_change): no commit after the row can be acknowledged, or
+        // become visible, under the old rules alone.
         let rules = self.rules.as_mut().expect("checked");
         rules
-            .begin(next.clone(), Lsn(lsn))
+            .announce(next.clone())
             .map_err(|e| ("55000", e.to_string()))?;
         gate_shmem::publish_rules(Some(rules));
+        let from = rules.current().version;
+        self.sync_ssn();
         log!(
-            "pg_ha: {reason}: wrote ruleset v{} at {}; in force once durable under v{}",
+            "pg_ha: {reason}: ruleset v{} announced: every commit now needs v{from} and v{}; the row is written once every walsender runs under synchronous_standby_names '{}'",
             next.version,
-            Lsn(lsn),
-            rules.current().version
+            next.version,
+            self.applied_ssn.clone().unwrap_or_default()
         );
         self.in_flight = Some(InFlight {
             request: Some(id),
             reason,
             started: Instant::now(),
+            stage: Stage::Announced(next),
         });
+        self.progress_change();
         Ok(None)
+    }
+
+    /// Every walsender has loaded the wanted `synchronous_standby_names`: its own parsed setting shows
+    /// as `pg_stat_replication.sync_priority` (`sync_state` is computed with the caller's setting).
+    fn walsenders_run(&self, q: &SyncQuorum) -> Result<(), String> {
+        let rows = BackgroundWorker::transaction(catalog::walsender_priorities);
+        let behind: Vec<String> = rows
+            .iter()
+            .filter(|(name, prio)| *prio != q.priority_of(&NodeId::new(name.clone())))
+            .map(|(name, prio)| {
+                format!(
+                    "{name} (priority {prio}, wants {})",
+                    q.priority_of(&NodeId::new(name.clone()))
+                )
+            })
+            .collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(behind.join(", "))
+        }
+    }
+
+    /// Move an announced change on: write its row once the walsenders run under the joint setting;
+    /// give it up if they do not within `SSN_CONFIRM_TIMEOUT`; hold it at the failpoint.
+    fn progress_change(&mut self) {
+        let Some(f) = self.in_flight.as_ref() else {
+            return;
+        };
+        match &f.stage {
+            Stage::Written => {}
+            Stage::Paused(lsn) => {
+                if self.failpoint != "change_pause_after_row" {
+                    let lsn = *lsn;
+                    self.row_written(lsn);
+                }
+            }
+            Stage::Announced(next) => {
+                let next = next.clone();
+                let (reason, started) = (f.reason.clone(), f.started);
+                if let Some(q) = self.wanted_quorum() {
+                    if let Err(behind) = self.walsenders_run(&q) {
+                        if started.elapsed() > SSN_CONFIRM_TIMEOUT {
+                            self.give_up_change(format!(
+                                "walsenders did not load synchronous_standby_names '{}' within {} s: {behind}",
+                                q.setting(),
+                                SSN_CONFIRM_TIMEOUT.as_secs()
+                            ));
+                        }
+                        return;
+                    }
+                }
+                let row = catalog::RulesetRow::from_core(&next);
+                let written = BackgroundWorker::transaction(|| {
+                    catalog::insert_row(&row, &reason).map(|_| ())
+                })
+                .map(|_| unsafe { pg_sys::XactLastCommitEnd });
+                let lsn = match written {
+                    Ok(lsn) => lsn,
+                    Err(e) => {
+                        self.give_up_change(format!("cannot write the ruleset row: {e}"));
+                        return;
+                    }
+                };
+                if self.failpoint == "change_pause_after_row" {
+                    log!(
+                        "pg_ha: failpoint change_pause_after_row: {reason}: ruleset v{} written at {}; the change goes on once ha.debug_failpoint is cleared",
+                        next.version,
+                        Lsn(lsn)
+                    );
+                    if let Some(f) = self.in_flight.as_mut() {
+                        f.stage = Stage::Paused(lsn);
+                    }
+                    return;
+                }
+                self.row_written(lsn);
+            }
+        }
+    }
+
+    /// An announced change cannot go on: withdraw the joint rules and answer its request.
+    fn give_up_change(&mut self, why: String) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        if let Some(rules) = self.rules.as_mut() {
+            rules.withdraw();
+            gate_shmem::publish_rules(Some(rules));
+        }
+        self.sync_ssn();
+        log!("pg_ha: {}: given up: {why}", f.reason);
+        if let Some(id) = f.request {
+            request::answer(id, Err(("55000".into(), format!("{}: {why}", f.reason))));
+        }
+    }
+
+    /// The change's row is written at `lsn`: it is in flight until durable under the rules in force.
+    fn row_written(&mut self, lsn: u64) {
+        let Some(rules) = self.rules.as_mut() else {
+            return;
+        };
+        rules.written(Lsn(lsn));
+        gate_shmem::publish_rules(Some(rules));
+        let (from, to) = (
+            rules.current().version,
+            rules.pending().map(|p| p.to.version).unwrap_or_default(),
+        );
+        let reason = match self.in_flight.as_mut() {
+            Some(f) => {
+                f.stage = Stage::Written;
+                f.reason.clone()
+            }
+            None => String::new(),
+        };
+        log!(
+            "pg_ha: {reason}: wrote ruleset v{to} at {}; in force once durable under v{from}",
+            Lsn(lsn)
+        );
     }
 }

@@ -123,19 +123,22 @@ pub fn propose(
     Ok(next)
 }
 
-/// A change row written by the leader at `lsn`, not yet acknowledged under `from`.
+/// A change in flight: announced (the joint rules apply to every commit from then on) and, once its row
+/// is written, at `lsn`; not yet acknowledged under `from`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pending {
     pub from: Ruleset,
     pub to: Ruleset,
-    /// The LSN of the end of the change row's commit.
-    pub lsn: Lsn,
+    /// The LSN of the end of the change row's commit; `None` while the row is not written yet.
+    pub lsn: Option<Lsn>,
 }
 
 impl Pending {
-    /// I5: has the change row become durable under the previous ruleset? Then `to` takes effect.
+    /// I5: has the change row become durable under the previous ruleset? Then `to` takes effect. Never
+    /// before the row is written.
     pub fn acknowledged(&self, flushed: &BTreeMap<NodeId, Lsn>) -> bool {
-        self.from.durable_lsn(flushed) >= self.lsn
+        self.lsn
+            .is_some_and(|lsn| self.from.durable_lsn(flushed) >= lsn)
     }
 }
 
@@ -188,8 +191,17 @@ impl CommitRules {
         propose(&self.current, self.pending.as_ref(), known_nodes, change)
     }
 
-    /// The leader wrote the row for `to` (from `propose`), ending at `lsn`.
+    /// The leader wrote the row for `to` (from `propose`), ending at `lsn` (or found it at start).
     pub fn begin(&mut self, to: Ruleset, lsn: Lsn) -> Result<(), ChangeError> {
+        self.announce(to)?;
+        self.written(lsn);
+        Ok(())
+    }
+
+    /// I5: the leader is about to write the row for `to`: from now on every commit needs the old and
+    /// the new rules (a commit after the row could otherwise be acknowledged under the old rules alone
+    /// while a coordinator that finds the row judges under the new ones).
+    pub fn announce(&mut self, to: Ruleset) -> Result<(), ChangeError> {
         if let Some(p) = &self.pending {
             return Err(ChangeError::InFlight {
                 pending_version: p.to.version,
@@ -198,9 +210,21 @@ impl CommitRules {
         self.pending = Some(Pending {
             from: self.current.clone(),
             to,
-            lsn,
+            lsn: None,
         });
         Ok(())
+    }
+
+    /// The announced change's row was written, ending at `lsn`: it can now be acknowledged.
+    pub fn written(&mut self, lsn: Lsn) {
+        if let Some(p) = self.pending.as_mut() {
+            p.lsn = Some(lsn);
+        }
+    }
+
+    /// The announced change's row could not be written: back to the rules in force alone.
+    pub fn withdraw(&mut self) -> Option<Pending> {
+        self.pending.take_if(|p| p.lsn.is_none())
     }
 
     /// Up to which LSN commits are durable: under the current ruleset, and while a change is pending under
@@ -305,7 +329,7 @@ mod tests {
         let p = Pending {
             from: r.clone(),
             to,
-            lsn: Lsn(10),
+            lsn: Some(Lsn(10)),
         };
         assert_eq!(
             propose(&r, Some(&p), &k, &Change::SetPolicy(Policy::AnyK(2))),
@@ -362,5 +386,31 @@ mod tests {
             Lsn(20)
         );
         assert_eq!(cr.commit_gate_lsn(Lsn(30), &flushed(&[("d", 25)])), Lsn(25));
+    }
+
+    /// I5: an announced change applies the joint rules at once, cannot take effect before its row is
+    /// written, and can be withdrawn only then.
+    #[test]
+    fn announced_change_is_joint_before_its_row_i5() {
+        let mut cr = CommitRules::new(r0());
+        let to = cr
+            .propose(&known(), &Change::SetPolicy(Policy::AnyK(2)))
+            .unwrap();
+        cr.announce(to.clone()).unwrap();
+        assert!(matches!(
+            cr.announce(to.clone()),
+            Err(ChangeError::InFlight { .. })
+        ));
+        // b alone flushed: durable under any 1, not under any 2 (joint: not durable).
+        let f = flushed(&[("a", 20), ("b", 20), ("c", 5)]);
+        assert_eq!(cr.durable_lsn(&f), Lsn(5));
+        // Not written yet: never acknowledged, whatever flushed.
+        let all = flushed(&[("a", 99), ("b", 99), ("c", 99)]);
+        assert_eq!(cr.on_flush(&all), None);
+        assert_eq!(cr.clone().withdraw().map(|p| p.to), Some(to.clone()));
+        cr.written(Lsn(30));
+        assert_eq!(cr.clone().withdraw(), None);
+        assert_eq!(cr.on_flush(&f), None);
+        assert_eq!(cr.on_flush(&all).map(|r| r.policy), Some(Policy::AnyK(2)));
     }
 }

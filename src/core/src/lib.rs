@@ -15,6 +15,8 @@
 //! - [`candidacy`]: discovery ranking and candidate choice (`Decision`).
 //! - [`change`]: membership and policy changes, the leader's commit rules while one is pending.
 //! - [`detection`]: when a coordinator may race.
+//! - [`sync_quorum`]: what `synchronous_standby_names` says so Postgres' own wait implies the rules
+//!   (one ruleset, or the joint rules while a change is in flight).
 //! - [`rules`]: the rule switches (safe by default; broken variants exist for the model checker's
 //!   mutation tests).
 
@@ -28,6 +30,7 @@ pub mod position;
 pub mod quorum;
 pub mod rules;
 pub mod ruleset;
+pub mod sync_quorum;
 pub mod types;
 
 pub use candidacy::{Decision, Discovery, Preferences};
@@ -43,4 +46,5 @@ pub use position::{Consumed, LocalWal, LocalWalWatch, NotConsumed};
 pub use quorum::Tally;
 pub use rules::{RecruitRule, Rules};
 pub use ruleset::{Prior, Ruleset, RulesetError};
+pub use sync_quorum::SyncQuorum;
 pub use types::{Lsn, LsnParseError, NodeId, Term, Zone};
