@@ -217,6 +217,60 @@ fn lost_pledge_file_is_not_relearned_from_the_revoked_leader_alone() {
     assert!(!streams_to(l, "node2").unwrap());
 }
 
+/// I2 (review of issue 12): node1 (leader of T) and node2 pledged to T+1, so node1 is revoked. node1
+/// then restarts without its pledge file: its pledge reads as none, and node3 (which never pledged)
+/// still reports T, so node1 and node3 look like a majority with no higher term. node1 must not
+/// re-establish (and acknowledge commits of term T through node3) before it has relearned its term;
+/// it relearns T+1 and stays deposed.
+#[test]
+fn leader_that_lost_its_pledge_file_does_not_re_establish_before_relearning() {
+    // A relearn waits two failover timeouts: 10 s leaves node3's WAL receiver (which retries every
+    // 5 s) the time to reconnect, which is what re-establishment needs.
+    let c = Cluster::start(ClusterSpec {
+        failover_timeout_ms: Some(10_000),
+        ..ClusterSpec::ha_any1(3)
+    })
+    .unwrap();
+    c.node(0)
+        .query_strings("SELECT ha.pause(); CREATE TABLE t(x int)")
+        .unwrap();
+    c.wait_replayed(c.node(0), T).unwrap();
+    let (l, f1) = (c.node(0), c.node(1));
+    let next = leader_term(&c) + 1;
+    pledge(&c, l, next);
+    pledge(&c, f1, next);
+    let established_before = l.read_log().matches("pg_ha: established as leader").count();
+
+    restart_without_pledge_file(l);
+    let mut wrote = false;
+    wait_until(
+        T,
+        "node1 to relearn its term (or to accept a write)",
+        || {
+            wrote = l.query_strings("INSERT INTO t VALUES (2)").is_ok();
+            Ok(wrote || l.log_contains("pg_ha: pledge file relearned"))
+        },
+    )
+    .unwrap();
+    assert!(
+        !wrote,
+        "I2: node1, restarted without its pledge file after it pledged to term {next}, re-established and acknowledged a commit of a lower term"
+    );
+    wait_until(T, "node1's agent to report the relearned term", || {
+        Ok(l.agent_status().map(|s| s.pledged_term).unwrap_or(0) >= next)
+    })
+    .unwrap();
+    assert!(
+        l.query_strings("INSERT INTO t VALUES (3)").is_err(),
+        "I2: node1 accepts writes after relearning term {next}"
+    );
+    assert_eq!(
+        l.read_log().matches("pg_ha: established as leader").count(),
+        established_before,
+        "I2: node1 re-established in a term below the one it pledged to"
+    );
+}
+
 /// I2 (issue 12 item 11, second suspicion): a pledged standby must not answer while a WAL receiver of
 /// its still runs. `pg_stat_wal_receiver` hides a receiver until it has connected, so one still
 /// connecting to the old leader is invisible there. node1 is frozen (SIGSTOP: it accepts TCP but never
