@@ -500,6 +500,13 @@ impl Steward {
             gate_shmem::depose();
             return;
         }
+        // A leader that lost its pledge file may have pledged to a higher term before: until it has
+        // relearned its term, it is as good as deposed (it neither lets standbys stream nor counts
+        // itself toward a majority that confirms its term).
+        if self.pledge.must_relearn {
+            gate_shmem::depose();
+            return;
+        }
         if gate_shmem::fence_open() || self.switching {
             return;
         }
