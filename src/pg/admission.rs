@@ -9,8 +9,13 @@
 //!   the established leader (fence open), or has established since this postmaster started and has not
 //!   been deposed since (a leader that closed its fence on check-quorum keeps serving reads). The same
 //!   holds for a freshly promoted candidate until it establishes, and for a deposed leader.
-//! - superusers are admitted (operators read `ha.status` and `ha.history`, the rejoin helper asks for
-//!   a CHECKPOINT); their sessions stay read-only through the fence.
+//! - superusers and roles with the REPLICATION attribute are admitted (operators read `ha.status` and
+//!   `ha.history`; the rejoin helper of a diverged follower runs pg_rewind and a CHECKPOINT against a
+//!   promoted candidate that needs that follower to establish, possibly as a non-superuser role with
+//!   pg_rewind's grants); their sessions stay read-only through the fence. They can read the tail:
+//!   the README says so.
+//! - `replication=database` connections (SQL and logical decoding over the replication protocol) are
+//!   refused whatever the role: logical decoding would stream the tail.
 //! - physical replication connections wait (up to `HOLD`) until the agent has confirmed that no higher
 //!   term exists (a majority of the cohort reports none, the first step of re-establishment), or this
 //!   node was promoted by a coordinator; then they stream (establishment needs followers). Without that
@@ -41,6 +46,11 @@ static STREAMING: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_ha_streamin
 pub fn init() {
     pg_shmem_init!(ESTABLISHED = AtomicBool::new(false));
     pg_shmem_init!(STREAMING = AtomicBool::new(false));
+}
+
+/// This node was deposed (it pledged to a higher term): what it established before no longer counts.
+pub fn forget_established() {
+    ESTABLISHED.get().store(false, Ordering::SeqCst);
 }
 
 /// The agent opened the fence (established).
@@ -83,12 +93,12 @@ struct PortPrefix {
     user_name: *mut std::ffi::c_char,
 }
 
-/// Is the user of this connection a superuser? (ClientAuthentication runs inside a transaction with
+/// Is the user of this connection a superuser or a role with the REPLICATION attribute? (ClientAuthentication runs inside a transaction with
 /// the shared catalogs available: password authentication reads pg_authid the same way.)
 ///
 /// # Safety
 /// `port` is the connection's Port, during ClientAuthentication.
-unsafe fn is_superuser(port: *mut pg_sys::Port) -> bool {
+unsafe fn is_operator(port: *mut pg_sys::Port) -> bool {
     unsafe {
         if port.is_null() || port != pg_sys::MyProcPort {
             return false;
@@ -98,7 +108,7 @@ unsafe fn is_superuser(port: *mut pg_sys::Port) -> bool {
             return false;
         }
         let oid = pg_sys::get_role_oid((*p).user_name, true);
-        oid != pg_sys::InvalidOid && pg_sys::superuser_arg(oid)
+        oid != pg_sys::InvalidOid && (pg_sys::superuser_arg(oid) || pg_sys::has_rolreplication(oid))
     }
 }
 
@@ -155,8 +165,11 @@ pub unsafe fn check(port: *mut pg_sys::Port) {
         }
         return;
     }
+    if db_walsender {
+        refuse("replication=database connections");
+    }
     // SAFETY: `port` is the connection's Port.
-    if unsafe { is_superuser(port) } {
+    if unsafe { is_operator(port) } {
         return;
     }
     refuse("application sessions");

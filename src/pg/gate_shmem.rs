@@ -178,6 +178,7 @@ pub fn managed() -> bool {
 /// commit a backend may still acknowledge is below it (commit_gate's module comment).
 pub fn depose() {
     DEPOSED.get().store(true, Ordering::SeqCst);
+    super::admission::forget_established();
     // Pairs with the fence in commit_gate::gate (flush, fence, read the flag).
     std::sync::atomic::fence(Ordering::SeqCst);
     set_fence(false);
