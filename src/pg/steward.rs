@@ -954,17 +954,18 @@ impl Steward {
             Stage::Announced(next) => {
                 let next = next.clone();
                 let (reason, started) = (f.reason.clone(), f.started);
-                if let Some(q) = self.wanted_quorum() {
-                    if let Err(behind) = self.walsenders_run(&q) {
-                        if started.elapsed() > SSN_CONFIRM_TIMEOUT {
-                            self.give_up_change(format!(
-                                "walsenders did not load synchronous_standby_names '{}' within {} s: {behind}",
-                                q.setting(),
-                                SSN_CONFIRM_TIMEOUT.as_secs()
-                            ));
-                        }
-                        return;
+                let Some(q) = self.wanted_quorum() else {
+                    return; // not keeping the rules (cannot happen on the leading path)
+                };
+                if let Err(behind) = self.walsenders_run(&q) {
+                    if started.elapsed() > SSN_CONFIRM_TIMEOUT {
+                        self.give_up_change(format!(
+                            "walsenders did not load synchronous_standby_names '{}' within {} s: {behind}",
+                            q.setting(),
+                            SSN_CONFIRM_TIMEOUT.as_secs()
+                        ));
                     }
+                    return;
                 }
                 let row = catalog::RulesetRow::from_core(&next);
                 let written = BackgroundWorker::transaction(|| {
