@@ -94,3 +94,40 @@ pub fn history(n: &Node) -> Result<Vec<String>> {
     .map(|r| r[0].clone().unwrap_or_default())
     .collect())
 }
+
+/// The number of times `n`'s agent has reloaded its settings.
+fn agent_reloads(n: &Node) -> usize {
+    n.read_log()
+        .matches("pg_ha: configuration reloaded")
+        .count()
+}
+
+/// Set `ha.debug_failpoint` on `n` (testing only); if `n` runs, reload it and wait until its agent has
+/// reloaded the setting (the agent's reload follows the postmaster's, so new sessions see it too).
+pub fn set_failpoint(n: &Node, fp: &str, timeout: Duration) -> Result<()> {
+    let before = agent_reloads(n);
+    n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))?;
+    if n.is_running() {
+        n.reload()?;
+        wait_until(
+            timeout,
+            &format!("{}'s agent to use failpoint '{fp}'", n.name()),
+            || Ok(agent_reloads(n) > before),
+        )?;
+    }
+    Ok(())
+}
+
+/// PID of `n`'s WAL receiver once it streams under its node name (the agent repoints
+/// `primary_conninfo` at start, which restarts the receiver).
+pub fn walreceiver_pid(n: &Node, timeout: Duration) -> Result<i32> {
+    let sql = format!(
+        "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming' AND conninfo LIKE '%application_name={}%'",
+        n.name()
+    );
+    wait_until_ok(
+        timeout,
+        &format!("{}'s WAL receiver to stream", n.name()),
+        || Ok(n.query_value(&sql)?.and_then(|p| p.parse().ok())),
+    )
+}

@@ -29,6 +29,7 @@ mod pgcmd;
 mod ports;
 pub mod procs;
 mod random;
+pub mod session;
 mod spec;
 mod teardown;
 mod wait;

@@ -2,69 +2,10 @@
 //! from the moment a change's row exists, every commit is acknowledged only once durable under the old
 //! AND the new rules, never under the old rules alone.
 
-use pg_test::{procs, wait_until, Cluster, ClusterSpec, Node};
-use std::sync::mpsc::Receiver;
+use pg_test::{ha, procs, session, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-fn agent_reloads(n: &Node) -> usize {
-    n.read_log()
-        .matches("pg_ha: configuration reloaded")
-        .count()
-}
-
-/// Set `ha.debug_failpoint` on `n` and wait until its agent uses it.
-fn set_failpoint(n: &Node, fp: &str) {
-    let before = agent_reloads(n);
-    n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))
-        .unwrap();
-    n.reload().unwrap();
-    wait_until(
-        T,
-        &format!("{}'s agent to use failpoint '{fp}'", n.name()),
-        || Ok(agent_reloads(n) > before),
-    )
-    .unwrap();
-}
-
-/// PID of `n`'s WAL receiver once it streams under its node name (the agent repoints
-/// `primary_conninfo` at start, which restarts the receiver).
-fn walreceiver_pid(n: &Node) -> i32 {
-    let mut pid = 0;
-    let sql = format!(
-        "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming' AND conninfo LIKE '%application_name={}%'",
-        n.name()
-    );
-    wait_until(
-        T,
-        &format!("{}'s WAL receiver to stream", n.name()),
-        || match n.query_value(&sql)? {
-            Some(p) => {
-                pid = p.parse().unwrap();
-                Ok(true)
-            }
-            None => Ok(false),
-        },
-    )
-    .unwrap();
-    pid
-}
-
-/// `sql` on `n` in a thread; the receiver gets Ok(()) on success or Err(text).
-fn spawn_sql(n: &Node, sql: &str) -> (Receiver<Result<(), String>>, i32) {
-    let mut client = n.connect().unwrap();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sql = sql.to_string();
-    std::thread::spawn(move || {
-        let _ = tx.send(client.batch_execute(&sql).map_err(|e| format!("{e:?}")));
-    });
-    (rx, pid)
-}
 
 /// `/proc/PID/stat` state letter, None once the process is gone.
 fn proc_state(pid: i32) -> Option<char> {
@@ -100,18 +41,20 @@ fn commit_in_change_window_waits_for_old_and_new_rules() {
         .query_strings("CREATE TABLE t(x int PRIMARY KEY)")
         .unwrap();
     c.wait_replayed(leader, T).unwrap();
-    let frozen: Vec<i32> = (2..5).map(|i| walreceiver_pid(c.node(i))).collect();
-    set_failpoint(leader, "change_pause_after_row");
+    let frozen: Vec<i32> = (2..5)
+        .map(|i| ha::walreceiver_pid(c.node(i), T).unwrap())
+        .collect();
+    ha::set_failpoint(leader, "change_pause_after_row", T).unwrap();
     for &p in &frozen {
         procs::signal(p, libc::SIGSTOP).unwrap();
     }
-    let (change, _) = spawn_sql(leader, "SELECT ha.set_policy('any 2')");
+    let (change, _) = session::spawn_sql(leader, "", "SELECT ha.set_policy('any 2')").unwrap();
     wait_until(T, "the change to pause right after its row", || {
         Ok(leader.log_contains("pg_ha: failpoint change_pause_after_row"))
     })
     .unwrap();
 
-    let (rx, pid) = spawn_sql(leader, "INSERT INTO t VALUES (1)");
+    let (rx, pid) = session::spawn_sql(leader, "", "INSERT INTO t VALUES (1)").unwrap();
     // node2 has flushed the commit: under the old rules alone it is durable now.
     wait_until(T, "node2 to have flushed the commit", || {
         Ok(leader
@@ -135,7 +78,7 @@ fn commit_in_change_window_waits_for_old_and_new_rules() {
     .unwrap();
 
     // The change resumes and takes effect (its row is durable under any 1: node2 has it).
-    set_failpoint(leader, "");
+    ha::set_failpoint(leader, "", T).unwrap();
     assert_eq!(
         change.recv_timeout(T).expect("set_policy to return"),
         Ok(())

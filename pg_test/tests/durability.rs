@@ -1,6 +1,6 @@
 //! Durability and fencing (issue 4) on real clusters. Each test names the invariant it checks.
 
-use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, session, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -50,36 +50,6 @@ fn setup_writes_ruleset_rows_and_roles_follow() {
     );
 }
 
-/// Run `sql` on `n` in a thread; the receiver gets Ok(()) on a commit acknowledgement or Err(text).
-fn spawn_sql(
-    n: &Node,
-    setup: &str,
-    sql: &str,
-) -> (std::sync::mpsc::Receiver<Result<(), String>>, i32) {
-    let mut client = n.connect().unwrap();
-    client.batch_execute(setup).unwrap();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sql = sql.to_string();
-    std::thread::spawn(move || {
-        let r = client.batch_execute(&sql).map_err(|e| format!("{e:?}"));
-        let _ = tx.send(r);
-    });
-    (rx, pid)
-}
-
-/// The backend `pid` on `n` is waiting in `wait_event` (e.g. SyncRep, or Extension for pg_ha's gate).
-fn waits_in(n: &Node, pid: i32, event: &str) -> pg_test::Result<bool> {
-    Ok(n.query_value(&format!(
-        "SELECT wait_event FROM pg_stat_activity WHERE pid = {pid}"
-    ))?
-    .as_deref()
-        == Some(event))
-}
-
 /// Signal `sig` is no longer pending for `pid` (its handler ran), or the process is gone.
 fn signal_taken(pid: i32, sig: i32) -> bool {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -107,9 +77,9 @@ fn any1_commit_waits_for_a_follower() {
     let leader = c.node(0);
     leader.query_strings("CREATE TABLE t(x int)").unwrap();
     stop_followers(&c);
-    let (rx, pid) = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
+    let (rx, pid) = session::spawn_sql(leader, "", "INSERT INTO t VALUES (1)").unwrap();
     wait_until(T, "the commit to wait for synchronous replication", || {
-        waits_in(leader, pid, "SyncRep")
+        session::waits_in(leader, pid, "SyncRep")
     })
     .unwrap();
     assert!(
@@ -138,9 +108,9 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
 
     // pg_cancel_backend: held off while the commit waits (pg_ha's commit_wait), so Postgres' own wait
     // never gives up ("already committed locally") and the commit keeps waiting there.
-    let (rx, pid) = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
+    let (rx, pid) = session::spawn_sql(leader, "", "INSERT INTO t VALUES (1)").unwrap();
     wait_until(T, "the commit to wait in SyncRep", || {
-        waits_in(leader, pid, "SyncRep")
+        session::waits_in(leader, pid, "SyncRep")
     })
     .unwrap();
     leader
@@ -151,7 +121,7 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
     })
     .unwrap();
     wait_until(T, "the commit to wait in SyncRep after the cancel", || {
-        waits_in(leader, pid, "SyncRep")
+        session::waits_in(leader, pid, "SyncRep")
     })
     .unwrap();
     assert!(
@@ -161,20 +131,20 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
 
     // statement_timeout: Postgres 15 disarms it before the commit (finish_xact_command), so it cannot
     // cancel the wait at all; either way the commit must still be waiting well past the timeout.
-    let (rx2, pid2) = spawn_sql(
+    let (rx2, pid2) = session::spawn_sql(
         leader,
         "SET statement_timeout = '200ms'",
         "INSERT INTO t VALUES (2)",
-    );
+    )
+    .unwrap();
     let started = std::time::Instant::now();
     wait_until(
         T,
         "the commit under statement_timeout to be waiting 1 s after it started",
         || {
-            Ok(
-                (waits_in(leader, pid2, "SyncRep")? || waits_in(leader, pid2, "Extension")?)
-                    && started.elapsed() > Duration::from_secs(1),
-            )
+            Ok((session::waits_in(leader, pid2, "SyncRep")?
+                || session::waits_in(leader, pid2, "Extension")?)
+                && started.elapsed() > Duration::from_secs(1))
         },
     )
     .unwrap();
@@ -194,7 +164,7 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
     wait_until(
         T,
         "the commit to wait in SyncRep after the terminate",
-        || waits_in(leader, pid, "SyncRep"),
+        || session::waits_in(leader, pid, "SyncRep"),
     )
     .unwrap();
     assert!(
@@ -231,11 +201,14 @@ fn zones2_commit_needs_the_other_zone() {
     let leader = c.node(0);
     leader.query_strings("CREATE TABLE t(x int)").unwrap();
     c.node(2).stop().unwrap();
-    let (rx, pid) = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
+    let (rx, pid) = session::spawn_sql(leader, "", "INSERT INTO t VALUES (1)").unwrap();
     wait_until(
         T,
         "the commit to wait (node2 in zone a has it, zone b does not)",
-        || Ok(waits_in(leader, pid, "SyncRep")? || waits_in(leader, pid, "Extension")?),
+        || {
+            Ok(session::waits_in(leader, pid, "SyncRep")?
+                || session::waits_in(leader, pid, "Extension")?)
+        },
     )
     .unwrap();
     wait_until(T, "node2 (zone a) to have flushed the commit", || {

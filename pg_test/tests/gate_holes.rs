@@ -2,7 +2,7 @@
 //! cluster. Each test names the invariant it checks. Automatic failover is paused (`ha.pause()`) so
 //! that only the test decides when a leader is deposed (by sending it a `Pledge` itself).
 
-use pg_test::{wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
@@ -129,28 +129,6 @@ fn parse_lsn(s: &str) -> u64 {
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
-/// The number of times `n`'s agent has reloaded its settings.
-fn agent_reloads(n: &Node) -> usize {
-    n.read_log()
-        .matches("pg_ha: configuration reloaded")
-        .count()
-}
-
-/// Set `ha.debug_failpoint` on `n` and wait until the server has reloaded it (the agent's reload
-/// follows the postmaster's, so new sessions see it).
-fn set_failpoint(n: &Node, fp: &str) {
-    let before = agent_reloads(n);
-    n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))
-        .unwrap();
-    n.reload().unwrap();
-    wait_until(
-        T,
-        &format!("{}'s agent to use failpoint '{fp}'", n.name()),
-        || Ok(agent_reloads(n) > before),
-    )
-    .unwrap();
-}
-
 /// Depose `n` the way a coordinator of a higher term would: a `Pledge` for the next term. Returns
 /// the flush position `n` reported with its pledge.
 fn depose(n: &Node) -> u64 {
@@ -179,7 +157,7 @@ fn deposed_leader_acknowledges_nothing_above_its_reported_flush() {
     leader
         .query_strings("CREATE EXTENSION pg_walinspect")
         .unwrap();
-    set_failpoint(leader, "commit_pause_after_fence");
+    ha::set_failpoint(leader, "commit_pause_after_fence", T).unwrap();
     let p = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
     let paused = format!("commit_pause_after_fence: backend {} paused", p.pid);
     wait_until(T, "the commit to pause after the fence check", || {

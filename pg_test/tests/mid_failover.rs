@@ -16,29 +16,6 @@ fn ha3() -> Cluster {
     c
 }
 
-/// The number of times `n`'s agent has reloaded its settings.
-fn agent_reloads(n: &Node) -> usize {
-    n.read_log()
-        .matches("pg_ha: configuration reloaded")
-        .count()
-}
-
-/// Set `ha.debug_failpoint` on `n`; if it runs, wait until its agent has reloaded the setting.
-fn set_failpoint(n: &Node, fp: &str) {
-    let before = agent_reloads(n);
-    n.append_conf(&format!("ha.debug_failpoint = '{fp}'"))
-        .unwrap();
-    if n.is_running() {
-        n.reload().unwrap();
-        wait_until(
-            T,
-            &format!("{}'s agent to use failpoint '{fp}'", n.name()),
-            || Ok(agent_reloads(n) > before),
-        )
-        .unwrap();
-    }
-}
-
 fn wait_leader_lost(n: &Node) {
     ha::wait_leader_lost(n, T).unwrap()
 }
@@ -81,7 +58,7 @@ fn coordinator_killed_after_pledges_cluster_converges() {
     let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
     let load = write_load(&c.multi_host_conninfo()).unwrap();
     load.wait_for_more_acks(50, T).unwrap();
-    set_failpoint(n2, "coordinator_stall_after_pledges");
+    ha::set_failpoint(n2, "coordinator_stall_after_pledges", T).unwrap();
     n1.kill9().unwrap();
     wait_leader_lost(n2);
     failover_async(n2);
@@ -90,7 +67,7 @@ fn coordinator_killed_after_pledges_cluster_converges() {
     })
     .unwrap();
     n2.kill9().unwrap();
-    set_failpoint(n2, "");
+    ha::set_failpoint(n2, "", T).unwrap();
     let _ = n1.start(); // fenced: a majority pledged a higher term
     n2.start().unwrap();
     wait_leader_lost(n3);
@@ -124,7 +101,7 @@ fn promoted_but_never_established_candidate_rejoins() {
     let c = ha3();
     let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
     for n in [n2, n3] {
-        set_failpoint(n, "candidate_never_establish");
+        ha::set_failpoint(n, "candidate_never_establish", T).unwrap();
     }
     n1.kill9().unwrap();
     wait_leader_lost(n3);
@@ -140,8 +117,8 @@ fn promoted_but_never_established_candidate_rejoins() {
         "I6: a promoted candidate that has not established accepted a write"
     );
     cand.kill9().unwrap();
-    set_failpoint(other, "");
-    set_failpoint(cand, "");
+    ha::set_failpoint(other, "", T).unwrap();
+    ha::set_failpoint(cand, "", T).unwrap();
     let _ = n1.start();
     wait_leader_lost(other);
     let name = failover_until_ok(other);
@@ -178,7 +155,7 @@ fn rewind_failure_is_reported_and_reclone_repairs() {
     let c = ha3();
     let (n1, n2) = (c.node(0), c.node(1));
     n1.query_strings("INSERT INTO probe VALUES (7)").unwrap();
-    set_failpoint(n1, "rewind_fails");
+    ha::set_failpoint(n1, "rewind_fails", T).unwrap();
     n1.kill9().unwrap();
     wait_leader_lost(n2);
     let name = failover_until_ok(n2);

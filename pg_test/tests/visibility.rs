@@ -8,7 +8,7 @@
 //! makes nothing durable. A reader session polls for the writer's row the whole time; no poll that started
 //! before the frozen receivers were resumed may see it.
 
-use pg_test::{procs, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, procs, wait_until, Cluster, ClusterSpec, Node};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -176,29 +176,6 @@ fn signal_taken(pid: i32, sig: i32) -> bool {
     })
 }
 
-/// PID of `n`'s WAL receiver once it streams under its node name (the agent repoints
-/// `primary_conninfo` at start, which restarts the receiver).
-fn walreceiver_pid(n: &Node) -> i32 {
-    let mut pid = 0;
-    let sql = format!(
-        "SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming' AND conninfo LIKE '%application_name={}%'",
-        n.name()
-    );
-    wait_until(
-        T,
-        &format!("{}'s WAL receiver to stream", n.name()),
-        || match n.query_value(&sql)? {
-            Some(p) => {
-                pid = p.parse().unwrap();
-                Ok(true)
-            }
-            None => Ok(false),
-        },
-    )
-    .unwrap();
-    pid
-}
-
 /// Hold every fsync/fdatasync of process `pid` (node3's WAL receiver) for 60 s with strace's syscall
 /// fault injection: the receiver writes WAL and reports it written, but cannot flush it. Needs `fsync = on`
 /// on that node. Returns once strace is attached.
@@ -236,9 +213,9 @@ fn phase(c: &Cluster, policy: &str, sync_commit: &str, interrupt: Interrupt, tag
     let receivers: Vec<i32> = frozen
         .iter()
         .filter(|&&i| !(write_only && i == 2))
-        .map(|&i| walreceiver_pid(c.node(i)))
+        .map(|&i| ha::walreceiver_pid(c.node(i), T).unwrap())
         .collect();
-    let mut strace = write_only.then(|| hold_fsyncs(walreceiver_pid(c.node(2))));
+    let mut strace = write_only.then(|| hold_fsyncs(ha::walreceiver_pid(c.node(2), T).unwrap()));
     for &p in &receivers {
         procs::signal(p, libc::SIGSTOP).unwrap();
     }
@@ -429,7 +406,10 @@ fn terminate_during_commit_wait_keeps_row_invisible() {
 fn fast_shutdown_during_commit_wait_ends_unanswered_and_unseen() {
     let c = cluster();
     let leader = c.node(0);
-    let receivers: Vec<i32> = [1, 2].iter().map(|&i| walreceiver_pid(c.node(i))).collect();
+    let receivers: Vec<i32> = [1, 2]
+        .iter()
+        .map(|&i| ha::walreceiver_pid(c.node(i), T).unwrap())
+        .collect();
     for &p in &receivers {
         procs::signal(p, libc::SIGSTOP).unwrap();
     }
@@ -477,7 +457,7 @@ fn zones3_visible_after_first_stage_acknowledged_after_all_zones() {
     c.wait_replayed(leader, T).unwrap();
     let receivers: Vec<i32> = [1, 2, 3]
         .iter()
-        .map(|&i| walreceiver_pid(c.node(i)))
+        .map(|&i| ha::walreceiver_pid(c.node(i), T).unwrap())
         .collect();
     for &p in &receivers {
         procs::signal(p, libc::SIGSTOP).unwrap();
