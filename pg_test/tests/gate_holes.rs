@@ -102,18 +102,19 @@ fn spawn_sql(n: &Node, setup: &str, sql: &str) -> Pending {
 
 /// Wait until the statement is waiting in `wait_event` on `n`, or its client heard back. Returns
 /// whether it is waiting.
-fn waits_or_done(n: &Node, p: &mut Pending, wait_event: &str) -> bool {
+/// `wait_events`: one or more wait events separated by `|` (a commit that Postgres' own quorum wait
+/// holds waits in `SyncRep`, one that pg_ha's gate holds in `Extension`).
+fn waits_or_done(n: &Node, p: &mut Pending, wait_events: &str) -> bool {
     let pid = p.pid;
     wait_until(
         T,
-        &format!("backend {pid} to wait in {wait_event} or to answer its client"),
+        &format!("backend {pid} to wait in {wait_events} or to answer its client"),
         || {
             Ok(p.done()
                 || n.query_value(&format!(
                     "SELECT wait_event FROM pg_stat_activity WHERE pid = {pid}"
                 ))?
-                .as_deref()
-                    == Some(wait_event))
+                .is_some_and(|w| wait_events.split('|').any(|e| e == w)))
         },
     )
     .unwrap();
@@ -203,23 +204,81 @@ fn deposed_leader_acknowledges_nothing_above_its_reported_flush() {
     );
 }
 
+/// I2, I3 (review of issue 12 item 1): as above, but before the held commit goes on, the coordinator
+/// of the higher term chooses the deposed leader itself and promotes it again in that term, which
+/// clears its deposed flag. The commit passed the fence before the pledge and its record lies above
+/// the flush F the pledge reported: it must still not be acknowledged (a deposition that happened
+/// while it was on its way ends it, whatever the flag says by the time it reaches the gate).
+#[test]
+fn leader_deposed_then_promoted_again_acknowledges_nothing_above_its_reported_flush() {
+    let c = ha3(&[]);
+    let leader = c.node(0);
+    ha::set_failpoint(leader, "commit_pause_after_fence", T).unwrap();
+    let p = spawn_sql(leader, "", "INSERT INTO t VALUES (1)");
+    let paused = format!("commit_pause_after_fence: backend {} paused", p.pid);
+    wait_until(T, "the commit to pause after the fence check", || {
+        Ok(leader.log_contains(&paused))
+    })
+    .unwrap();
+
+    // The term depose() pledges to, from the status before it.
+    let st = leader.agent_status().unwrap();
+    let term = st.term.max(st.pledged_term) + 1;
+    let f = depose(leader);
+    let ruleset = pg_test::pb::Ruleset {
+        term,
+        version: st.ruleset_version + 1,
+        leader: leader.name().into(),
+        cohort: c.nodes().iter().map(|m| m.name().to_string()).collect(),
+        zones: c.nodes().iter().map(|m| m.zone().to_string()).collect(),
+        policy: "any 1".into(),
+        ..Default::default()
+    };
+    let promoted = pg_test::agent_promote(
+        &leader.agent_addr(),
+        c.token(),
+        pg_test::pb::PromoteRequest {
+            term,
+            coordinator: "pg_test".into(),
+            ruleset: Some(ruleset),
+            reason: "failover".into(),
+            attempt: 1,
+        },
+    )
+    .unwrap();
+    assert!(promoted.ok, "the promotion failed: {}", promoted.error);
+    std::fs::write(leader.data_dir().join("pg_ha.failpoint_release"), "").unwrap();
+    let got = p.wait();
+    assert!(
+        matches!(got, Outcome::Closed(_)),
+        "I2/I3: the leader pledged to term {term} and reported flush {}, was promoted again in that \
+         term, and then answered a commit that passed the fence before the pledge: {got:?}",
+        lsn_text(f)
+    );
+}
+
 /// I3 (issue 12 item 8): commits waiting for durability when only the postmaster is SIGKILLed end
-/// without telling their clients anything. One waits in pg_ha's gate (`synchronous_commit = local`
-/// with both followers down), one in Postgres' own quorum wait (the default). A message such as
+/// without telling their clients anything. One waits in pg_ha's gate (a PREPARE TRANSACTION with
+/// `synchronous_commit = local` and both followers down: Postgres' own wait is skipped for it), one in
+/// Postgres' own quorum wait (an INSERT; pg_ha forces that wait for every commit). A message such as
 /// "PANIC: cannot abort transaction N, it was already committed" reads like a success for a commit
 /// no follower has.
 #[test]
 fn postmaster_death_ends_waiting_commits_without_an_answer() {
-    let c = ha3(&[]);
+    let c = ha3(&["max_prepared_transactions = 10"]);
     let leader = c.node(0);
     c.node(1).stop().unwrap();
     c.node(2).stop().unwrap();
     let mut in_gate = spawn_sql(
         leader,
         "SET synchronous_commit = local",
-        "INSERT INTO t VALUES (1)",
+        "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'pm1'",
     );
-    let mut in_syncrep = spawn_sql(leader, "", "INSERT INTO t VALUES (2)");
+    let mut in_syncrep = spawn_sql(
+        leader,
+        "SET synchronous_commit = local",
+        "INSERT INTO t VALUES (2)",
+    );
     assert!(
         waits_or_done(leader, &mut in_gate, "Extension"),
         "I3: acknowledged with no follower up: {:?}",
@@ -284,7 +343,7 @@ fn replication_database_sessions_are_gated_and_fenced() {
     let mut exited = None;
     wait_until(
         T,
-        "the walsender's commit to wait in the gate, or psql to finish",
+        "the walsender's commit to wait (quorum wait or gate), or psql to finish",
         || {
             if exited.is_none() {
                 exited = child.try_wait()?;
@@ -293,7 +352,7 @@ fn replication_database_sessions_are_gated_and_fenced() {
                 || leader
                     .query_value(
                         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender' \
-                     AND application_name = 'gate_holes' AND wait_event = 'Extension'",
+                     AND application_name = 'gate_holes' AND wait_event IN ('SyncRep', 'Extension')",
                     )?
                     .as_deref()
                     == Some("1"))
@@ -335,7 +394,13 @@ fn replication_database_sessions_are_gated_and_fenced() {
     .output()
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() || !stderr.contains("pg_ha: writes are refused on this node") {
+    // pg_ha refuses the write, or (since a deposed primary admits no replication=database connection at
+    // all, see admission.rs) the connection.
+    if out.status.success()
+        || !(stderr.contains("pg_ha: writes are refused on this node")
+            || stderr
+                .contains("pg_ha: this primary does not accept replication=database connections"))
+    {
         violations.push(format!(
             "I6: a write on a deposed leader over replication=database was not refused by pg_ha: {:?}, stdout {:?}, stderr {stderr:?}",
             out.status,
@@ -368,7 +433,7 @@ fn two_phase_commit_is_gated() {
     ] {
         follower.stop().unwrap();
         let mut p = spawn_sql(leader, "SET synchronous_commit = local", sql);
-        if !waits_or_done(leader, &mut p, "Extension") {
+        if !waits_or_done(leader, &mut p, "SyncRep|Extension") {
             answered_at_once.push(format!("{what}: {:?}", p.got));
         }
         follower.start().unwrap();
