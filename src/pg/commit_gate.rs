@@ -22,7 +22,10 @@
 //! position F it reports; the backend flushes its commit record C locally and then reads the flag, both
 //! sides with sequentially consistent ordering. So a backend that sees "not deposed" has C <= F (the
 //! coordinator's discovery accounts for C), and one that sees "deposed" acknowledges nothing, even when
-//! a follower that has not pledged yet released Postgres' own quorum wait.
+//! a follower that has not pledged yet released Postgres' own quorum wait. The flag can be cleared
+//! again (the deposed leader is promoted again, or establishes), so the backend also compares the
+//! deposition epoch it read before its fence check with the one at the gate: any deposition in
+//! between ends the commit unanswered.
 
 use super::{gate_shmem, local, walsnd};
 use pg_ha_core::{CommitRules, Lsn};
@@ -47,6 +50,8 @@ thread_local! {
     /// The last commit LSN this backend gated: a transaction that wrote no commit record leaves
     /// XactLastCommitEnd unchanged and needs no gate.
     static LAST_GATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The deposition epoch read before this transaction's fence check (`note_epoch`).
+    static EPOCH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Decoded commit rules, keyed by the shared generation counter.
     static RULES: RefCell<(u64, Option<CommitRules>)> = const { RefCell::new((0, None)) };
     static NAMES: RefCell<(u64, Vec<(i32, String)>)> = const { RefCell::new((0, Vec::new())) };
@@ -91,6 +96,19 @@ fn durable(lsn: u64) -> bool {
 pub fn on_pre_commit(has_xid: bool) {
     let finishing = FINISHING_PREPARED.with(|c| c.replace(false));
     GATED.with(|c| c.set(has_xid || finishing));
+}
+
+/// Called before a fence check that admits a commit (PRE_COMMIT, PRE_PREPARE, COMMIT/ROLLBACK
+/// PREPARED): remember the deposition epoch. A deposition after this point, even one whose flag a
+/// promotion or an establishment has cleared again by the time the commit reaches the gate, ends the
+/// commit unanswered: its record may lie above the flush position the pledge reported.
+pub fn note_epoch() {
+    EPOCH.with(|c| c.set(gate_shmem::depose_epoch()));
+}
+
+/// Whether this transaction runs COMMIT/ROLLBACK PREPARED (its epoch was noted before that statement).
+pub fn finishing_prepared_now() -> bool {
+    FINISHING_PREPARED.with(|c| c.get())
 }
 
 /// Called at XACT_EVENT_PRE_PREPARE: PREPARE TRANSACTION is gated (a transaction manager relies on an
@@ -145,7 +163,7 @@ fn gate(lsn: u64) {
     // Pairs with the fence in gate_shmem::depose (see the module comment).
     fence(Ordering::SeqCst);
     loop {
-        if gate_shmem::deposed() {
+        if gate_shmem::deposed() || gate_shmem::depose_epoch() != EPOCH.with(|c| c.get()) {
             end_unanswered(lsn, "this node was deposed by a higher term");
             return;
         }

@@ -142,6 +142,8 @@ pub static FENCE_OPEN: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_ha_fen
 /// Set when the agent pledged to a higher term than the one it leads: commits still waiting for
 /// durability must never be acknowledged; their backends end without answering.
 pub static DEPOSED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_ha_deposed") };
+/// Bumped by every deposition, never lowered (see `depose`).
+pub static DEPOSE_EPOCH: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_ha_depose_epoch") };
 /// The highest term this node knows (pledged or led).
 pub static KNOWN_TERM: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_ha_known_term") };
 /// This node belongs to a pg_ha cluster (it pledged, or holds a ruleset row). A managed node with no
@@ -156,6 +158,7 @@ pub fn init() {
     pg_shmem_init!(WALSND_GEN = AtomicU64::new(1));
     pg_shmem_init!(FENCE_OPEN = AtomicBool::new(false));
     pg_shmem_init!(DEPOSED = AtomicBool::new(false));
+    pg_shmem_init!(DEPOSE_EPOCH = AtomicU64::new(0));
     pg_shmem_init!(KNOWN_TERM = AtomicU64::new(0));
     pg_shmem_init!(MANAGED = AtomicBool::new(false));
     pg_shmem_init!(AGENT_PID = AtomicI32::new(0));
@@ -176,12 +179,23 @@ pub fn managed() -> bool {
 /// This node learned that it no longer leads the newest term: commits still waiting in the gate
 /// must never be acknowledged. A pledge reads the flush position it reports after this returns: every
 /// commit a backend may still acknowledge is below it (commit_gate's module comment).
+///
+/// The fence closes first, then the epoch moves: a backend that reads the new epoch before its fence
+/// check sees the fence closed (commit_gate::note_epoch). The flag can be cleared again (a promotion,
+/// an establishment); the epoch only grows, so a commit that was on its way when a deposition happened
+/// is ended even if the flag is clear by the time it reaches the gate.
 pub fn depose() {
-    DEPOSED.get().store(true, Ordering::SeqCst);
-    super::admission::forget_established();
-    // Pairs with the fence in commit_gate::gate (flush, fence, read the flag).
-    std::sync::atomic::fence(Ordering::SeqCst);
     set_fence(false);
+    DEPOSED.get().store(true, Ordering::SeqCst);
+    DEPOSE_EPOCH.get().fetch_add(1, Ordering::SeqCst);
+    super::admission::forget_established();
+    // Pairs with the fence in commit_gate::gate (flush, fence, read the flag and the epoch).
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// How many times this node has been deposed since the postmaster started.
+pub fn depose_epoch() -> u64 {
+    DEPOSE_EPOCH.get().load(Ordering::SeqCst)
 }
 
 /// This node is now the established leader of the highest term it knows: open the fence, and forget

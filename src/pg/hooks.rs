@@ -111,6 +111,9 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     }
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            if !commit_gate::finishing_prepared_now() {
+                commit_gate::note_epoch();
+            }
             // SAFETY: inside a transaction on this backend's thread.
             let wrote =
                 unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
@@ -126,6 +129,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             }
         }
         pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            commit_gate::note_epoch();
             // PrepareTransaction always assigns an xid and writes a prepare record.
             if !gate_shmem::fence_open() {
                 refuse_writes();
@@ -171,6 +175,7 @@ unsafe extern "C-unwind" fn process_utility(
             if kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED
                 || kind == pg_sys::TransactionStmtKind::TRANS_STMT_ROLLBACK_PREPARED
             {
+                commit_gate::note_epoch();
                 if !gate_shmem::fence_open() {
                     refuse_writes();
                 }
