@@ -6,7 +6,7 @@
 //! sessions nor stream that tail. The agent is held at start by the `agent_hold_at_start` failpoint so
 //! that the window is as long as the test needs, not a race.
 
-use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{agent_promote, ha, pb, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -135,4 +135,63 @@ fn restarted_old_primary_serves_no_reads_of_its_unrewound_tail() {
         .unwrap()
         .get(0);
     assert_eq!(seen, 0, "I4: the unacknowledged row survived the rejoin");
+}
+
+/// I4 (review of issue 12 item 9): a leader that established, was deposed (it pledged to a higher term)
+/// and was then promoted again by that term's coordinator is a merely promoted candidate until it
+/// establishes again: it must not admit application sessions (what it shows may still be rewound if
+/// the new term never establishes). Here it never does (failpoint `candidate_never_establish`).
+#[test]
+fn leader_deposed_and_promoted_again_admits_no_application_session_before_establishing() {
+    let c = Cluster::start(ClusterSpec::ha_any1(3)).unwrap();
+    let l = c.node(0);
+    l.query_strings(
+        "SELECT ha.pause(); CREATE TABLE t(x int); CREATE ROLE app LOGIN; GRANT SELECT ON t TO app",
+    )
+    .unwrap();
+    c.wait_replayed(l, T).unwrap();
+    assert!(
+        l.connect_as("app").is_ok(),
+        "the established leader admits applications"
+    );
+    ha::set_failpoint(l, "candidate_never_establish", T).unwrap();
+
+    let st = l.agent_status().unwrap();
+    let term = st.term.max(st.pledged_term) + 1;
+    let pledged = l.agent_pledge(term, "pg_test").unwrap();
+    assert!(pledged.accepted, "pledge refused: {}", pledged.refusal);
+    let ruleset = pb::Ruleset {
+        term,
+        version: st.ruleset_version + 1,
+        leader: l.name().into(),
+        cohort: c.nodes().iter().map(|m| m.name().to_string()).collect(),
+        zones: c.nodes().iter().map(|m| m.zone().to_string()).collect(),
+        policy: "any 1".into(),
+        ..Default::default()
+    };
+    let promoted = agent_promote(
+        &l.agent_addr(),
+        c.token(),
+        pb::PromoteRequest {
+            term,
+            coordinator: "pg_test".into(),
+            ruleset: Some(ruleset),
+            reason: "failover".into(),
+            attempt: 1,
+        },
+    )
+    .unwrap();
+    assert!(promoted.ok, "the promotion failed: {}", promoted.error);
+    wait_until(T, "node1 to hold its row of the new term", || {
+        Ok(l.query_value("SELECT max(term) FROM ha.history")?
+            .as_deref()
+            == Some(&term.to_string()))
+    })
+    .unwrap();
+    match l.connect_as("app") {
+        Ok(_) => panic!(
+            "I4: node1, deposed and promoted again for term {term}, admitted an application session before establishing"
+        ),
+        Err(e) => assert!(e.to_string().contains("pg_ha"), "the refusal names pg_ha: {e}"),
+    }
 }

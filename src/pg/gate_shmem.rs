@@ -168,8 +168,13 @@ pub fn fence_open() -> bool {
     FENCE_OPEN.get().load(Ordering::Acquire)
 }
 
+/// Open or close the fence. An open fence also counts as established for admission (a leader whose
+/// fence opened when it was bootstrapped, or as an unmanaged primary, never passes establishment).
 pub fn set_fence(open: bool) {
     FENCE_OPEN.get().store(open, Ordering::Release);
+    if open {
+        super::admission::established();
+    }
 }
 
 pub fn managed() -> bool {
