@@ -131,3 +131,35 @@ pub fn walreceiver_pid(n: &Node, timeout: Duration) -> Result<i32> {
         || Ok(n.query_value(&sql)?.and_then(|p| p.parse().ok())),
     )
 }
+
+/// The agent's `Promote` RPC to `n` as coordinator "pg_test" (tests that act as the coordinator): leader of
+/// `term` with ruleset `version`, cohort every node of `c`, `any 1`, from attempt `attempt`.
+#[allow(clippy::result_large_err)]
+pub fn promote(
+    c: &Cluster,
+    n: &Node,
+    term: u64,
+    version: u64,
+    attempt: u64,
+) -> std::result::Result<crate::pb::PromoteReply, tonic::Status> {
+    let ruleset = crate::pb::Ruleset {
+        term,
+        version,
+        leader: n.name().into(),
+        cohort: c.nodes().iter().map(|m| m.name().to_string()).collect(),
+        zones: c.nodes().iter().map(|m| m.zone().to_string()).collect(),
+        policy: "any 1".into(),
+        ..Default::default()
+    };
+    crate::agent::agent_promote(
+        &n.agent_addr(),
+        c.token(),
+        crate::pb::PromoteRequest {
+            term,
+            coordinator: "pg_test".into(),
+            ruleset: Some(ruleset),
+            reason: "failover".into(),
+            attempt,
+        },
+    )
+}

@@ -170,3 +170,24 @@ pub fn wait_gone(pids: &[i32], timeout: Duration, what: &str) -> Result<()> {
         }
     })
 }
+
+/// `/proc/PID/stat` state letter (`S` asleep, `R` running, `T` stopped, ...), None once the process is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the state follows the last ')'.
+    s.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Signal `sig` is no longer pending for `pid` (its handler ran), or the process is gone.
+pub fn signal_taken(pid: i32, sig: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let bit = 1u64 << (sig - 1);
+    !s.lines().any(|l| {
+        (l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
+            && u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0)
+                & bit
+                != 0
+    })
+}

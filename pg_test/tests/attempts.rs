@@ -3,7 +3,7 @@
 //! one attempt per term and is promoted only by the attempt it pledged to, so two attempts in one term
 //! cannot both promote a node. The test acts as the coordinator itself (direct RPCs).
 
-use pg_test::{agent_pledge, agent_promote, pb, Cluster, ClusterSpec, Node};
+use pg_test::{agent_pledge, ha, pb, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -23,27 +23,7 @@ fn pledge(c: &Cluster, n: &Node, term: u64, attempt: u64) -> pb::PledgeReply {
 
 /// `Promote` for `n` as leader of `term` (cohort node1..node3, `any 1`), from attempt `attempt`.
 fn promote(c: &Cluster, n: &Node, term: u64, version: u64, attempt: u64) -> pb::PromoteReply {
-    let ruleset = pb::Ruleset {
-        term,
-        version,
-        leader: n.name().into(),
-        cohort: c.nodes().iter().map(|m| m.name().to_string()).collect(),
-        zones: c.nodes().iter().map(|m| m.zone().to_string()).collect(),
-        policy: "any 1".into(),
-        ..Default::default()
-    };
-    agent_promote(
-        &n.agent_addr(),
-        c.token(),
-        pb::PromoteRequest {
-            term,
-            coordinator: "pg_test".into(),
-            ruleset: Some(ruleset),
-            reason: "failover".into(),
-            attempt,
-        },
-    )
-    .unwrap()
+    ha::promote(c, n, term, version, attempt).unwrap()
 }
 
 /// I1 (issue 12 item 11, first suspicion): coordinator "pg_test" runs attempt 1 in term T+1 (pledges

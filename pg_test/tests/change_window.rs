@@ -7,12 +7,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-/// `/proc/PID/stat` state letter, None once the process is gone.
-fn proc_state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// The backend `pid` is asleep in a commit wait (Postgres' SyncRep or pg_ha's gate, Extension).
 fn asleep_in_commit_wait(n: &Node, pid: i32) -> pg_test::Result<bool> {
     let ev = |n: &Node| {
@@ -21,7 +15,7 @@ fn asleep_in_commit_wait(n: &Node, pid: i32) -> pg_test::Result<bool> {
         ))
     };
     let waiting = |e: Option<String>| matches!(e.as_deref(), Some("SyncRep") | Some("Extension"));
-    Ok(waiting(ev(n)?) && proc_state(pid) == Some('S') && waiting(ev(n)?))
+    Ok(waiting(ev(n)?) && procs::proc_state(pid) == Some('S') && waiting(ev(n)?))
 }
 
 /// I5: 5 nodes under `any 1`, `ha.set_policy('any 2')`, paused right after the change's row is written

@@ -1,6 +1,6 @@
 //! Durability and fencing (issue 4) on real clusters. Each test names the invariant it checks.
 
-use pg_test::{ha, session, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, procs, session, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -48,20 +48,6 @@ fn setup_writes_ruleset_rows_and_roles_follow() {
             .as_deref(),
         Some("ANY 1 (\"node2\", \"node3\")")
     );
-}
-
-/// Signal `sig` is no longer pending for `pid` (its handler ran), or the process is gone.
-fn signal_taken(pid: i32, sig: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    let bit = 1u64 << (sig - 1);
-    !s.lines().any(|l| {
-        (l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
-            && u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0)
-                & bit
-                != 0
-    })
 }
 
 fn stop_followers(c: &Cluster) {
@@ -117,7 +103,7 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
         .query_value(&format!("SELECT pg_cancel_backend({pid})"))
         .unwrap();
     wait_until(T, "the waiting backend to take the cancel", || {
-        Ok(signal_taken(pid, libc::SIGINT))
+        Ok(procs::signal_taken(pid, libc::SIGINT))
     })
     .unwrap();
     wait_until(T, "the commit to wait in SyncRep after the cancel", || {
@@ -158,7 +144,7 @@ fn cancelled_or_terminated_commit_is_never_acknowledged() {
         .query_value(&format!("SELECT pg_terminate_backend({pid})"))
         .unwrap();
     wait_until(T, "the waiting backend to take the terminate", || {
-        Ok(signal_taken(pid, libc::SIGTERM))
+        Ok(procs::signal_taken(pid, libc::SIGTERM))
     })
     .unwrap();
     wait_until(

@@ -225,27 +225,7 @@ fn leader_deposed_then_promoted_again_acknowledges_nothing_above_its_reported_fl
     let st = leader.agent_status().unwrap();
     let term = st.term.max(st.pledged_term) + 1;
     let f = depose(leader);
-    let ruleset = pg_test::pb::Ruleset {
-        term,
-        version: st.ruleset_version + 1,
-        leader: leader.name().into(),
-        cohort: c.nodes().iter().map(|m| m.name().to_string()).collect(),
-        zones: c.nodes().iter().map(|m| m.zone().to_string()).collect(),
-        policy: "any 1".into(),
-        ..Default::default()
-    };
-    let promoted = pg_test::agent_promote(
-        &leader.agent_addr(),
-        c.token(),
-        pg_test::pb::PromoteRequest {
-            term,
-            coordinator: "pg_test".into(),
-            ruleset: Some(ruleset),
-            reason: "failover".into(),
-            attempt: 1,
-        },
-    )
-    .unwrap();
+    let promoted = ha::promote(&c, leader, term, st.ruleset_version + 1, 1).unwrap();
     assert!(promoted.ok, "the promotion failed: {}", promoted.error);
     std::fs::write(leader.data_dir().join("pg_ha.failpoint_release"), "").unwrap();
     let got = p.wait();

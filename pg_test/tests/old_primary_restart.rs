@@ -6,7 +6,7 @@
 //! sessions nor stream that tail. The agent is held at start by the `agent_hold_at_start` failpoint so
 //! that the window is as long as the test needs, not a race.
 
-use pg_test::{agent_promote, ha, pb, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{ha, wait_until, Cluster, ClusterSpec, Node};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -160,27 +160,7 @@ fn leader_deposed_and_promoted_again_admits_no_application_session_before_establ
     let term = st.term.max(st.pledged_term) + 1;
     let pledged = l.agent_pledge(term, "pg_test").unwrap();
     assert!(pledged.accepted, "pledge refused: {}", pledged.refusal);
-    let ruleset = pb::Ruleset {
-        term,
-        version: st.ruleset_version + 1,
-        leader: l.name().into(),
-        cohort: c.nodes().iter().map(|m| m.name().to_string()).collect(),
-        zones: c.nodes().iter().map(|m| m.zone().to_string()).collect(),
-        policy: "any 1".into(),
-        ..Default::default()
-    };
-    let promoted = agent_promote(
-        &l.agent_addr(),
-        c.token(),
-        pb::PromoteRequest {
-            term,
-            coordinator: "pg_test".into(),
-            ruleset: Some(ruleset),
-            reason: "failover".into(),
-            attempt: 1,
-        },
-    )
-    .unwrap();
+    let promoted = ha::promote(&c, l, term, st.ruleset_version + 1, 1).unwrap();
     assert!(promoted.ok, "the promotion failed: {}", promoted.error);
     wait_until(T, "node1 to hold its row of the new term", || {
         Ok(l.query_value("SELECT max(term) FROM ha.history")?

@@ -3,7 +3,7 @@
 //! to) one. The test acts as the coordinator of the higher term itself (direct `Pledge` RPCs) and
 //! never promotes anyone, so the old leader stays up with a commit waiting for a follower.
 
-use pg_test::{agent_pledge, pb, procs, wait_until, Cluster, ClusterSpec, Node};
+use pg_test::{agent_pledge, pb, procs, session, wait_until, Cluster, ClusterSpec, Node};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -53,17 +53,7 @@ struct Commit {
 
 impl Commit {
     fn start(n: &Node, sql: &str) -> Commit {
-        let mut client = n.connect().unwrap();
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .unwrap()
-            .get(0);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sql = sql.to_string();
-        std::thread::spawn(move || {
-            let r = client.batch_execute(&sql).map_err(|e| format!("{e:?}"));
-            let _ = tx.send(r);
-        });
+        let (rx, pid) = session::spawn_sql(n, "", sql).unwrap();
         Commit {
             rx,
             pid,

@@ -155,27 +155,6 @@ fn in_commit_wait(n: &Node, pid: i32) -> pg_test::Result<bool> {
     ))
 }
 
-/// `/proc/PID/stat` state letter, None once the process is gone.
-fn proc_state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) S ...": the state follows the last ')'.
-    s.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
-/// Signal `sig` is no longer pending for `pid` (its handler ran), or the process is gone.
-fn signal_taken(pid: i32, sig: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    let bit = 1u64 << (sig - 1);
-    !s.lines().any(|l| {
-        (l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
-            && u64::from_str_radix(l.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0)
-                & bit
-                != 0
-    })
-}
-
 /// Hold every fsync/fdatasync of process `pid` (node3's WAL receiver) for 60 s with strace's syscall
 /// fault injection: the receiver writes WAL and reports it written, but cannot flush it. Needs `fsync = on`
 /// on that node. Returns once strace is attached.
@@ -272,7 +251,7 @@ fn phase(c: &Cluster, policy: &str, sync_commit: &str, interrupt: Interrupt, tag
             Some("t")
         );
         wait_until(T, &format!("the writer to take the signal of {f}"), || {
-            Ok(signal_taken(pid, sig))
+            Ok(procs::signal_taken(pid, sig))
         })
         .unwrap();
         // After the handler ran, the backend either ended or went back to sleep in a commit wait: either
@@ -281,11 +260,11 @@ fn phase(c: &Cluster, policy: &str, sync_commit: &str, interrupt: Interrupt, tag
             T,
             &format!("the writer to have acted on {f} (gone, or asleep in a commit wait)"),
             || {
-                if proc_state(pid).is_none() {
+                if procs::proc_state(pid).is_none() {
                     return Ok(true);
                 }
                 Ok(in_commit_wait(leader, pid)?
-                    && proc_state(pid) == Some('S')
+                    && procs::proc_state(pid) == Some('S')
                     && in_commit_wait(leader, pid)?)
             },
         )
